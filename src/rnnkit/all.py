@@ -1,0 +1,22 @@
+"""`from rnnkit.all import *`: every public name, fastai-style, for notebooks and the seeds' code.
+
+Re-exports only: no logic lives here, and nothing inside the package imports this module.
+"""
+# ruff: noqa: F401, F403
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnkit.callbacks import *
+from rnnkit.data import *
+from rnnkit.losses import *
+from rnnkit.metrics import *
+from rnnkit.optim import *
+from rnnkit.schedules import *
+from rnnkit.training.callback import Callback, TrainEvalCallback
+from rnnkit.training.events import *
+from rnnkit.training.learner import Learner, load_model_state, norm_bias_params, trainable_params
+from rnnkit.training.recorder import Recorder
+from rnnkit.utils import *

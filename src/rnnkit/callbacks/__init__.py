@@ -1,0 +1,17 @@
+"""Callbacks shipped with rnnkit."""
+from rnnkit.callbacks.clip import GradientClip
+from rnnkit.callbacks.csv_logger import CSVLogger
+from rnnkit.callbacks.fp16 import MixedPrecision
+from rnnkit.callbacks.preds import GatherPredsCallback
+from rnnkit.callbacks.progress import ProgressCallback
+from rnnkit.callbacks.rnn import ModelReseter, ModelResetter
+from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SkipToEpoch, SuggestedLRs
+from rnnkit.callbacks.tracker import (
+    EarlyStoppingCallback, SaveModelCallback, TerminateOnNaNCallback, TrackerCallback,
+)
+
+__all__ = [
+    "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback", "ProgressCallback",
+    "ModelResetter", "ModelReseter", "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",
+    "EarlyStoppingCallback", "SaveModelCallback", "TerminateOnNaNCallback", "TrackerCallback",
+]

@@ -1,0 +1,49 @@
+"""Write the per-epoch table to a CSV file."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from rnnkit.training.callback import Callback
+from rnnkit.training.recorder import Recorder
+
+__all__ = ["CSVLogger"]
+
+
+class CSVLogger(Callback):
+    """Append each epoch's row (`epoch, train_loss, valid_loss, *metrics, time`) to `learn.path/fname`."""
+
+    order = Recorder.order + 1  # the Recorder fills the row in after_epoch
+
+    def __init__(self, fname: str | Path = "history.csv", append: bool = False) -> None:
+        super().__init__()
+        self.fname, self.append = Path(fname), append
+
+    @property
+    def path(self) -> Path:
+        """Where the CSV file is written."""
+        return self.fname if self.fname.is_absolute() else self.learn.path / self.fname
+
+    def before_fit(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        self._file = open(self.path, "a" if self.append else "w", newline="")
+        self._writer = csv.writer(self._file)
+        if not (self.append and exists):
+            self._writer.writerow(self.learn.get_cb(Recorder).metric_names)
+            self._file.flush()
+
+    def after_epoch(self) -> None:
+        self._writer.writerow(["" if v is None else v for v in self.learn.get_cb(Recorder).log])
+        self._file.flush()
+
+    def after_fit(self) -> None:
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+            self._file = None
+
+    def read_log(self) -> list[dict[str, Any]]:
+        """The rows written so far, as dicts."""
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))

@@ -1,0 +1,102 @@
+"""Mixed precision training: autocast for the forward pass and loss, and, for float16,
+dynamic loss scaling with `torch.amp.GradScaler`. Works on CPU, CUDA and MPS autocast."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rnnkit.training.callback import Callback
+from rnnkit.training.events import CancelStepException
+
+__all__ = ["MixedPrecision"]
+
+
+class _ScalerView:
+    """What GradScaler needs to see of our optimizer: `param_groups`, and a `step` that only
+    records that the scaler found the gradients finite (the Learner takes the real step)."""
+
+    def __init__(self, opt: Any) -> None:
+        self.opt = opt
+        self.skipped = True
+
+    @property
+    def param_groups(self) -> Any:
+        return self.opt.param_groups
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        self.skipped = False
+
+
+def _float_out(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_float_out(o) for o in x)
+    return x
+
+
+class MixedPrecision(Callback):
+    """Run forward and loss under autocast in `dtype`; scale the loss when `dtype` is float16.
+
+    Gradients are unscaled in `before_step`, so callbacks that run after it (`GradientClip`)
+    see true gradients. A step whose gradients overflowed is skipped (`CancelStepException`).
+    """
+
+    order = 10
+
+    def __init__(self, dtype: torch.dtype = torch.float16, init_scale: float = 2.0 ** 16,
+                 growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000) -> None:
+        super().__init__()
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"MixedPrecision dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+        self.dtype = dtype
+        self.scaler_kwargs = dict(init_scale=init_scale, growth_factor=growth_factor,
+                                  backoff_factor=backoff_factor, growth_interval=growth_interval)
+        self.scaler: torch.amp.GradScaler | None = None
+        self._autocast: Any = None
+
+    def _device_type(self) -> str:
+        p = next(self.learn.model.parameters(), None)
+        return p.device.type if p is not None else "cpu"
+
+    def before_fit(self) -> None:
+        if self.dtype == torch.float16:
+            self.scaler = torch.amp.GradScaler(self._device_type(), **self.scaler_kwargs)
+
+    def before_batch(self) -> None:
+        self._autocast = torch.autocast(device_type=self._device_type(), dtype=self.dtype)
+        self._autocast.__enter__()
+
+    def after_pred(self) -> None:
+        # the loss and metrics see float32 outputs, as with full precision
+        self.learn.pred = _float_out(self.learn.pred)
+
+    def _exit(self) -> None:
+        if self._autocast is not None:
+            self._autocast.__exit__(None, None, None)
+            self._autocast = None
+
+    def after_loss(self) -> None:
+        self._exit()
+
+    def before_backward(self) -> None:
+        if self.scaler is not None:
+            self.learn.loss_grad = self.scaler.scale(self.learn.loss_grad)
+
+    def before_step(self) -> None:
+        if self.scaler is None:
+            return
+        view = _ScalerView(self.learn.opt)
+        self.scaler.unscale_(view)
+        self.scaler.step(view)  # calls view.step() only when every gradient is finite
+        self.scaler.update()
+        if view.skipped:
+            raise CancelStepException()
+
+    def after_batch(self) -> None:
+        self._exit()  # when the batch was cancelled before after_loss
+
+    def after_fit(self) -> None:
+        self._exit()

@@ -1,0 +1,156 @@
+"""Flattened losses with fastai's API: any class axis, any leading shape.
+
+A language model predicts `(bs, seq_len, vocab_sz)` against targets `(bs, seq_len)`; these
+wrappers move the class axis last and flatten so the plain torch loss sees `(N, C)` vs `(N,)`.
+They also carry `activation` (used by `get_preds`) and `decodes` (prediction -> label).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["BaseLoss", "CrossEntropyLossFlat", "BCEWithLogitsLossFlat", "MSELossFlat"]
+
+# Integer targets that torch's classification losses refuse; they want int64.
+_SMALL_INTS = (torch.uint8, torch.int8, torch.int16, torch.int32)
+
+
+class BaseLoss:
+    """Wrap the torch loss `func`, moving `axis` last and flattening inputs and targets.
+
+    Args:
+        axis: the class axis of the input.
+        flatten: flatten before calling `func` (to `(N, C)` if `is_2d`, else to `(N,)`).
+        floatify: cast the targets to float (for BCE/MSE with integer targets).
+        is_2d: keep the class axis when flattening the input.
+    """
+
+    def __init__(
+        self,
+        func: nn.Module,
+        *,
+        axis: int = -1,
+        flatten: bool = True,
+        floatify: bool = False,
+        is_2d: bool = True,
+    ) -> None:
+        self.func, self.axis, self.flatten, self.floatify, self.is_2d = (
+            func, axis, flatten, floatify, is_2d)
+
+    @property
+    def reduction(self) -> str:
+        """The wrapped loss's reduction; set it to 'none' for per-item losses."""
+        return self.func.reduction
+
+    @reduction.setter
+    def reduction(self, value: str) -> None:
+        self.func.reduction = value
+
+    def __call__(self, inp: Tensor, targ: Tensor, **kwargs: Any) -> Tensor:
+        """Loss of `inp` against `targ`; with reduction='none', one value per flattened item."""
+        same_shape = targ.ndim == inp.ndim  # BCE, MSE, or class probabilities for CE
+        if same_shape:
+            targ = targ.movedim(self.axis, -1)
+        inp = inp.movedim(self.axis, -1)
+        if self.floatify and targ.dtype != torch.float16:
+            targ = targ.float()
+        elif targ.dtype in _SMALL_INTS:
+            targ = targ.long()
+        if self.flatten:
+            # reshape, not view: movedim leaves the tensor non-contiguous when axis != -1
+            inp = inp.reshape(-1, inp.shape[-1]) if self.is_2d else inp.reshape(-1)
+            keep_classes = same_shape and self.is_2d  # CE with probabilities: (N, C) targets
+            targ = targ.reshape(-1, targ.shape[-1]) if keep_classes else targ.reshape(-1)
+        return self.func(inp, targ, **kwargs)
+
+    def activation(self, x: Tensor) -> Tensor:
+        """Map raw model outputs to predictions; identity unless a subclass says otherwise."""
+        return x
+
+    def decodes(self, x: Tensor) -> Tensor:
+        """Map activations to decoded predictions; identity unless a subclass says otherwise."""
+        return x
+
+    def to(self, device: torch.device | str) -> BaseLoss:
+        """Move the wrapped loss's buffers (class weights) to `device`."""
+        self.func.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(axis={self.axis}, func={self.func!r})"
+
+
+class CrossEntropyLossFlat(BaseLoss):
+    """`nn.CrossEntropyLoss` over the class `axis`, flattened; decodes by argmax."""
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        *,
+        axis: int = -1,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        flatten: bool = True,
+        floatify: bool = False,
+        is_2d: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        func = nn.CrossEntropyLoss(
+            weight=weight, ignore_index=ignore_index, reduction=reduction, **kwargs)
+        super().__init__(func, axis=axis, flatten=flatten, floatify=floatify, is_2d=is_2d)
+
+    def activation(self, x: Tensor) -> Tensor:
+        """Softmax over the class axis."""
+        return F.softmax(x, dim=self.axis)
+
+    def decodes(self, x: Tensor) -> Tensor:
+        """Index of the most likely class."""
+        return x.argmax(dim=self.axis)
+
+
+class BCEWithLogitsLossFlat(BaseLoss):
+    """`nn.BCEWithLogitsLoss` flattened, with float targets; decodes by `x > thresh`."""
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        *,
+        axis: int = -1,
+        floatify: bool = True,
+        thresh: float = 0.5,
+        pos_weight: Tensor | None = None,
+        reduction: str = "mean",
+        flatten: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        func = nn.BCEWithLogitsLoss(
+            weight=weight, pos_weight=pos_weight, reduction=reduction, **kwargs)
+        super().__init__(func, axis=axis, flatten=flatten, floatify=floatify, is_2d=False)
+        self.thresh = thresh
+
+    def activation(self, x: Tensor) -> Tensor:
+        """Sigmoid of the logits."""
+        return torch.sigmoid(x)
+
+    def decodes(self, x: Tensor) -> Tensor:
+        """Boolean predictions: probability above `thresh`."""
+        return x > self.thresh
+
+
+class MSELossFlat(BaseLoss):
+    """`nn.MSELoss` flattened, with float targets."""
+
+    def __init__(
+        self,
+        *,
+        axis: int = -1,
+        floatify: bool = True,
+        reduction: str = "mean",
+        flatten: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        func = nn.MSELoss(reduction=reduction, **kwargs)
+        super().__init__(func, axis=axis, flatten=flatten, floatify=floatify, is_2d=False)

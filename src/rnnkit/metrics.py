@@ -1,0 +1,237 @@
+"""Metrics with fastai's API: `reset`, `accumulate(learn)`, `value`, `name`.
+
+`accumulate` runs every batch and keeps its running totals as tensors, so no batch forces a
+device sync; `value` converts to a Python float once, when it is read.
+Averages are weighted by batch size, so uneven last batches are counted exactly.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Metric", "AvgMetric", "AvgLoss", "AvgSmoothLoss", "ValueMetric", "Perplexity",
+    "accuracy", "error_rate", "perplexity", "mk_metric",
+]
+
+
+def _camel2snake(name: str) -> str:
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)  # 'RNNMetric' -> 'RNN_Metric'
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+def _func_name(func: Callable) -> str:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return getattr(func, "__name__", type(func).__name__)
+
+
+def _find_bs(b: Any) -> int | None:
+    """Size of the first dimension of the first tensor in a (nested) batch."""
+    if isinstance(b, Tensor):
+        return b.shape[0] if b.ndim else 1
+    items = b.values() if isinstance(b, dict) else b if isinstance(b, (list, tuple)) else ()
+    for item in items:
+        bs = _find_bs(item)
+        if bs is not None:
+            return bs
+    return None
+
+
+def _batch_size(learn: Any) -> int:
+    bs = _find_bs(getattr(learn, "yb", ()))
+    if bs is None:  # no targets (e.g. a self-supervised loss): count the inputs instead
+        bs = _find_bs(getattr(learn, "xb", ()))
+    if bs is None:
+        raise ValueError("Cannot find the batch size: learn.yb and learn.xb hold no tensor.")
+    return bs
+
+
+def _detach(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        x = x.detach()
+        return x if x.is_floating_point() else x.float()
+    return x
+
+
+def _to_float(x: Any) -> float:
+    return x.item() if isinstance(x, Tensor) else float(x)
+
+
+class Metric:
+    """Base class: subclasses override `reset`, `accumulate` and the `value` property."""
+
+    def reset(self) -> None:
+        """Clear the state before an epoch."""
+
+    def accumulate(self, learn: Any) -> None:
+        """Update the state from `learn.pred`, `learn.yb`, `learn.loss` after a batch."""
+
+    @property
+    def value(self) -> Any:
+        """The metric for everything accumulated since `reset`."""
+        raise NotImplementedError(f"{type(self).__name__} must define the `value` property.")
+
+    @property
+    def name(self) -> str:
+        """Column name: the class name in snake case, without a trailing 'Metric'."""
+        cls = type(self).__name__
+        return _camel2snake(re.sub(r"Metric$", "", cls) or cls)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class AvgMetric(Metric):
+    """Batch-size-weighted average of `func(pred, *yb)` over the epoch."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the running total and count."""
+        self.total, self.count = 0.0, 0
+
+    def accumulate(self, learn: Any) -> None:
+        """Add this batch's metric, weighted by its batch size."""
+        bs = _batch_size(learn)
+        self.total += _detach(self.func(learn.pred, *learn.yb)) * bs
+        self.count += bs
+
+    @property
+    def value(self) -> float | None:
+        """Weighted average as a float, or None before any batch."""
+        return _to_float(self.total / self.count) if self.count else None
+
+    @property
+    def name(self) -> str:
+        """The function's name."""
+        return _func_name(self.func)
+
+
+class AvgLoss(Metric):
+    """Batch-size-weighted average of `learn.loss` over the epoch."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the running total and count."""
+        self.total, self.count = 0.0, 0
+
+    def accumulate(self, learn: Any) -> None:
+        """Add this batch's mean loss, weighted by its batch size."""
+        bs = _batch_size(learn)
+        self.total += _detach(learn.loss).mean() * bs
+        self.count += bs
+
+    @property
+    def value(self) -> float | None:
+        """Weighted mean loss as a float, or None before any batch."""
+        return _to_float(self.total / self.count) if self.count else None
+
+    @property
+    def name(self) -> str:
+        """'loss'."""
+        return "loss"
+
+
+class AvgSmoothLoss(Metric):
+    """Exponential moving average of the loss, debiased as in Adam.
+
+    `value` is read every batch by the Recorder, so it stays a 0-d tensor (no device sync).
+    """
+
+    def __init__(self, beta: float = 0.98) -> None:
+        self.beta = beta
+        self.reset()
+
+    def reset(self) -> None:
+        """Restart the average."""
+        self.count, self.val = 0, torch.tensor(0.0)
+
+    def accumulate(self, learn: Any) -> None:
+        """Fold this batch's mean loss into the average."""
+        loss = _detach(learn.loss).mean()
+        if self.val.device != loss.device or self.val.dtype != loss.dtype:
+            self.val = self.val.to(loss)
+        self.count += 1
+        self.val = torch.lerp(loss, self.val, self.beta)  # beta*val + (1-beta)*loss
+
+    @property
+    def value(self) -> Tensor | None:
+        """Debiased average `val / (1 - beta**count)` as a 0-d tensor, or None before any batch."""
+        return self.val / (1 - self.beta**self.count) if self.count else None
+
+
+class ValueMetric(Metric):
+    """A metric whose value is `func()`, computed elsewhere (e.g. by a callback)."""
+
+    def __init__(self, func: Callable[[], Any], metric_name: str | None = None) -> None:
+        self.func, self.metric_name = func, metric_name
+
+    @property
+    def value(self) -> Any:
+        """Whatever `func()` returns now."""
+        return self.func()
+
+    @property
+    def name(self) -> str:
+        """`metric_name` if given, else the function's name."""
+        return self.metric_name or _func_name(self.func)
+
+
+class Perplexity(AvgLoss):
+    """exp of the batch-size-weighted average loss: the usual language-model metric."""
+
+    @property
+    def value(self) -> float | None:
+        """exp(mean loss) as a float, or None before any batch."""
+        if not self.count:
+            return None
+        try:
+            return math.exp(_to_float(self.total / self.count))
+        except OverflowError:  # a diverged model: report inf rather than crash the epoch
+            return math.inf
+
+    @property
+    def name(self) -> str:
+        """'perplexity'."""
+        return "perplexity"
+
+
+perplexity = Perplexity()
+
+
+def accuracy(inp: Tensor, targ: Tensor, axis: int = -1) -> Tensor:
+    """Fraction of argmax predictions equal to the targets, as a 0-d tensor.
+
+    Works for `(bs, n_class)` vs `(bs,)` and language-model `(bs, seq_len, vocab_sz)` vs
+    `(bs, seq_len)`: both sides are flattened after the argmax.
+    """
+    pred = inp.argmax(dim=axis)
+    if pred.numel() != targ.numel():
+        raise ValueError(
+            f"accuracy: predictions of shape {tuple(inp.shape)} (argmax over axis {axis}) give "
+            f"{pred.numel()} values but the targets of shape {tuple(targ.shape)} have "
+            f"{targ.numel()}; expected the same number."
+        )
+    return (pred.reshape(-1) == targ.reshape(-1)).float().mean()
+
+
+def error_rate(inp: Tensor, targ: Tensor, axis: int = -1) -> Tensor:
+    """1 - accuracy."""
+    return 1 - accuracy(inp, targ, axis=axis)
+
+
+def mk_metric(m: Any) -> Metric:
+    """A Metric from a Metric instance (unchanged), a Metric class, or a function (AvgMetric)."""
+    if isinstance(m, type):
+        m = m()
+    return m if isinstance(m, Metric) else AvgMetric(m)

@@ -1,0 +1,235 @@
+"""The `Callback` base class and the train/eval bookkeeping callback every Learner has."""
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import warnings
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from rnnkit.training.events import (
+    ALL_EVENTS, INNER_LOOP, CancelBackwardException, CancelBatchException, CancelEpochException,
+    CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
+)
+from rnnkit.utils import class2attr
+
+if TYPE_CHECKING:
+    from rnnkit.training.learner import Learner
+
+__all__ = ["Callback", "TrainEvalCallback", "has_event", "check_event_names"]
+
+_CANCELS = (CancelBatchException, CancelTrainException, CancelValidException, CancelEpochException,
+            CancelStepException, CancelBackwardException, CancelFitException)
+_EVENT_PREFIXES = ("before_", "after_")
+
+
+class Callback:
+    """Base class for tweaks of the training loop: override the event methods you need.
+
+    Reads of attributes a callback does not have go to its learner (`self.model`,
+    `self.loss`, `self.epoch` ...), read-only: write `self.learn.loss_grad = ...`.
+    """
+
+    order: int = 0
+    learn: Learner | None = None
+    run: bool = True
+    run_train: bool = True
+    run_valid: bool = True
+    run_before: Any = None
+    run_after: Any = None
+
+    def __init__(self, **event_funcs: Callable) -> None:
+        for name, func in event_funcs.items():
+            if name not in ALL_EVENTS:
+                raise ValueError(f"Callback() got {name!r}, which is not an event; "
+                                 f"{_suggest(name)}valid names are in rnnkit.event")
+            # `Callback(after_batch=f)`: f may take the callback as `self`, or nothing.
+            takes_self = bool(inspect.signature(func).parameters)
+            setattr(self, name, types.MethodType(func, self) if takes_self else func)
+
+    # Every event is a documented no-op; the Learner only calls callbacks that override one.
+    def after_create(self) -> None:
+        """Called once, at the end of `Learner.__init__`."""
+
+    def before_fit(self) -> None:
+        """Called before training starts: set state up here."""
+
+    def before_epoch(self) -> None:
+        """Called at the start of each epoch."""
+
+    def before_train(self) -> None:
+        """Called at the start of the training part of an epoch."""
+
+    def before_batch(self) -> None:
+        """Called after a batch is drawn, before the model sees it (change `xb`/`yb` here)."""
+
+    def after_pred(self) -> None:
+        """Called after the forward pass (change `pred` before the loss here)."""
+
+    def after_loss(self) -> None:
+        """Called after the loss is computed (add penalties to `loss_grad` here)."""
+
+    def before_backward(self) -> None:
+        """Called before the backward pass, in training only."""
+
+    def after_backward(self) -> None:
+        """Called after the backward pass, before `before_step`."""
+
+    def before_step(self) -> None:
+        """Called before the optimizer step (change gradients here, e.g. clipping)."""
+
+    def after_step(self) -> None:
+        """Called after the optimizer step, before the gradients are zeroed."""
+
+    def after_batch(self) -> None:
+        """Called at the end of each batch."""
+
+    def after_train(self) -> None:
+        """Called at the end of the training part of an epoch."""
+
+    def before_validate(self) -> None:
+        """Called at the start of the validation part of an epoch."""
+
+    def after_validate(self) -> None:
+        """Called at the end of the validation part of an epoch."""
+
+    def after_epoch(self) -> None:
+        """Called at the end of each epoch."""
+
+    def after_fit(self) -> None:
+        """Called at the end of training: restore the learner here."""
+
+    def after_cancel_batch(self) -> None:
+        """Called when a `CancelBatchException` was raised, before `after_batch`."""
+
+    def after_cancel_train(self) -> None:
+        """Called when a `CancelTrainException` was raised, before `after_train`."""
+
+    def after_cancel_validate(self) -> None:
+        """Called when a `CancelValidException` was raised, before `after_validate`."""
+
+    def after_cancel_epoch(self) -> None:
+        """Called when a `CancelEpochException` was raised, before `after_epoch`."""
+
+    def after_cancel_fit(self) -> None:
+        """Called when a `CancelFitException` was raised, before `after_fit`."""
+
+    def after_cancel_step(self) -> None:
+        """Called when a `CancelStepException` skipped the optimizer step."""
+
+    def after_cancel_backward(self) -> None:
+        """Called when a `CancelBackwardException` skipped the backward pass."""
+
+    def __call__(self, event_name: str) -> Any:
+        """Run `self.<event_name>` if this callback should run now."""
+        res = None
+        learn = self.learn
+        training = getattr(learn, "training", False)
+        if self.run and (event_name not in INNER_LOOP
+                         or (self.run_train if training else self.run_valid)):
+            try:
+                res = getattr(self, event_name)()
+            except _CANCELS:
+                raise
+            except Exception as e:
+                _annotate(e, type(self).__name__, event_name)
+                raise
+        return res
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: read through to the learner.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        learn = self.__dict__.get("learn", type(self).learn)
+        if learn is None:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r} "
+                                 "(and is not attached to a Learner)")
+        return getattr(learn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        learn = self.__dict__.get("learn")
+        if (learn is not None and not name.startswith("_") and name not in self.__dict__ and not hasattr(type(self), name)
+                and hasattr(learn, name)):
+            warnings.warn(f"You are shadowing an attribute ({name}) that exists in the learner. "
+                          f"Use `self.learn.{name}` to avoid this", stacklevel=2)
+        super().__setattr__(name, value)
+
+    @property
+    def name(self) -> str:
+        """Snake-case class name without 'Callback': the learner attribute it is reachable as."""
+        return class2attr(self, "Callback")
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, ALL_EVENTS, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _annotate(e: Exception, cb_name: str, event_name: str) -> None:
+    """Prefix the message of `e` with where it happened, keeping its type (once)."""
+    if getattr(e, "_rnnkit_where", None):
+        return
+    where = f"Exception occured in `{cb_name}` when calling event `{event_name}`"
+    if e.args and isinstance(e.args[0], str):
+        e.args = (f"{where}:\n\t{e.args[0]}",) + tuple(e.args[1:])
+    elif not e.args:
+        e.args = (where,)
+    try:
+        e._rnnkit_where = where  # type: ignore[attr-defined]
+    except AttributeError:  # some C exceptions take no new attributes
+        pass
+
+
+def has_event(cb: Callback, event_name: str) -> bool:
+    """Whether `cb` does something on `event_name` (overrides the no-op or was given a function)."""
+    if event_name in cb.__dict__:
+        return True
+    meth = getattr(type(cb), event_name, None)
+    return meth is not None and meth is not getattr(Callback, event_name)
+
+
+def check_event_names(cb: Callback) -> None:
+    """Reject a callback with a misspelt event method such as `before_batchs`."""
+    for klass in type(cb).__mro__:
+        if klass is Callback or klass is object:
+            continue
+        for attr, val in vars(klass).items():
+            if attr.startswith(_EVENT_PREFIXES) and callable(val) and attr not in ALL_EVENTS:
+                raise ValueError(f"{type(cb).__name__}.{attr} is not an event and would never be "
+                                 f"called; {_suggest(attr)}see rnnkit.event for all names")
+
+
+class TrainEvalCallback(Callback):
+    """Keep the learner's training/eval mode, iteration counters and `pct_train` up to date."""
+
+    order = -10
+
+    def after_create(self) -> None:
+        self.learn.n_epoch = 1
+
+    def before_fit(self) -> None:
+        self.learn.epoch = 0
+        self.learn.loss = torch.tensor(0.0)
+        self.learn.train_iter = 0
+        self.learn.pct_train = 0.0
+        self.learn._n_train_batches = self.learn.n_epoch * max(len(self.learn.dls.train), 1)
+
+    def before_train(self) -> None:
+        self.learn.pct_train = self.learn.epoch / self.learn.n_epoch
+        self.learn.model.train()
+        self.learn.training = True
+
+    def after_batch(self) -> None:
+        if not self.learn.training:
+            return
+        self.learn.pct_train += 1.0 / self.learn._n_train_batches
+        self.learn.train_iter += 1
+
+    def before_validate(self) -> None:
+        self.learn.model.eval()
+        self.learn.training = False

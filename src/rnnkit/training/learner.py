@@ -1,0 +1,651 @@
+"""`Learner`: the training loop of the seeds, driven by callbacks."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnkit.callbacks.fp16 import MixedPrecision
+from rnnkit.callbacks.progress import ProgressCallback
+from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SuggestedLRs, SkipToEpoch
+from rnnkit.optim.recipes import Adam
+from rnnkit.schedules import flat_cos_scheds, one_cycle_scheds, sgdr_n_epoch, sgdr_scheds, valley
+from rnnkit.training.callback import Callback, TrainEvalCallback, check_event_names, has_event
+from rnnkit.training.events import (
+    ALL_EVENTS, CancelBackwardException, CancelBatchException, CancelEpochException,
+    CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
+)
+from rnnkit.training.recorder import Recorder
+from rnnkit.utils import noop, to_device
+
+__all__ = ["Learner", "trainable_params", "norm_bias_params", "load_model_state"]
+
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+               nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def trainable_params(m: nn.Module) -> list[nn.Parameter]:
+    """The default splitter: every parameter of `m` that requires a gradient, in one group."""
+    return [p for p in m.parameters() if p.requires_grad]
+
+
+def norm_bias_params(m: nn.Module, with_bias: bool = True) -> list[nn.Parameter]:
+    """Parameters of normalization layers, plus every bias when `with_bias`."""
+    out: list[nn.Parameter] = []
+    for mod in m.modules():
+        if isinstance(mod, _NORM_TYPES):
+            out += list(mod.parameters(recurse=False))
+        elif with_bias:
+            out += [p for n, p in mod.named_parameters(recurse=False) if n.startswith("bias")]
+    return out
+
+
+def _cb_key(x: Any) -> Any:
+    return x if isinstance(x, type) else type(x)
+
+
+def _sort_cbs(cbs: list[Callback]) -> list[Callback]:
+    """Order callbacks by `order`, honouring `run_before`/`run_after` (classes or names)."""
+
+    def matches(cb: Callback, spec: Any) -> bool:
+        specs = spec if isinstance(spec, (list, tuple)) else [spec]
+        return any(s is not None and (isinstance(cb, s) if isinstance(s, type) else type(cb).__name__ == s)
+                   for s in specs)
+
+    after: dict[int, set[int]] = {i: set() for i in range(len(cbs))}  # i must run after these
+    for i, a in enumerate(cbs):
+        for j, b in enumerate(cbs):
+            if i == j:
+                continue
+            if matches(b, a.run_after) or matches(a, b.run_before):
+                after[i].add(j)
+    out, done = [], set()
+    while len(out) < len(cbs):
+        ready = [i for i in range(len(cbs)) if i not in done and after[i] <= done]
+        if not ready:
+            raise ValueError(f"Callbacks {[cbs[i] for i in range(len(cbs)) if i not in done]} "
+                             "have circular run_before/run_after constraints")
+        i = min(ready, key=lambda k: (cbs[k].order, k))
+        out.append(cbs[i])
+        done.add(i)
+    return out
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash keeps the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """Load `state` into `model`, with an error that lists mismatched names and shapes."""
+    own = model.state_dict()
+    if strict:
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own if k in state and own[k].shape != state[k].shape]
+        if missing or unexpected or wrong:
+            parts = ([f"missing {missing[:5]}"] if missing else []) + \
+                    ([f"unexpected {unexpected[:5]}"] if unexpected else []) + wrong[:5]
+            raise ValueError("The checkpoint does not match this model (" + "; ".join(parts) +
+                             "). Build the model with the same configuration and vocabulary "
+                             "as the one that was saved, or pass strict=False.")
+    model.load_state_dict(state, strict=strict)
+
+
+class Learner:
+    """Group data, model, loss and optimizer, and train them with `fit` and its schedules."""
+
+    def __init__(self, dls: Any, model: nn.Module, loss_func: Callable | None = None,
+                 opt_func: Callable = Adam, lr: float = 1e-3,
+                 splitter: Callable[[nn.Module], Any] = trainable_params,
+                 cbs: Any = None, metrics: Any = None, path: str | Path | None = None,
+                 model_dir: str | Path = "models", wd: float | None = None,
+                 wd_bn_bias: bool = False, train_bn: bool = True,
+                 moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+                 default_cbs: bool = True) -> None:
+        if loss_func is None:
+            loss_func = getattr(dls, "loss_func", None)
+            if loss_func is None:
+                raise ValueError("Learner needs a loss function: pass loss_func=, e.g. "
+                                 "CrossEntropyLossFlat() or F.cross_entropy")
+        if not callable(loss_func):
+            raise TypeError(f"loss_func must be callable, got {type(loss_func).__name__}")
+        if lr is not None and not isinstance(lr, slice) and not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.dls, self.model, self.loss_func = dls, model, loss_func
+        self.opt_func, self.lr, self.splitter = opt_func, lr, splitter
+        self.path = Path(path if path is not None else getattr(dls, "path", "."))
+        self.model_dir, self.wd, self.wd_bn_bias, self.train_bn = Path(model_dir), wd, wd_bn_bias, train_bn
+        self.moms = moms
+        self.opt: Any = None
+        self.logger: Callable = print
+        self.training = False
+        self.epoch = self.iter = 0
+        self.n_epoch = 1
+        self.xb: tuple = ()
+        self.yb: tuple = ()
+        self.pred: Any = None
+        self.loss_grad = self.loss = torch.tensor(0.0)
+        self.smooth_loss: Any = None
+        self._batch_device: torch.device | None = None
+        self._cbs: list[Callback] = []
+        self._event_cbs: dict[str, list[Callback]] = {}
+        self._cb_by_name: dict[str, Callback] = {}
+        if default_cbs:
+            self.add_cbs([TrainEvalCallback(), Recorder(), ProgressCallback()])
+        self.metrics = metrics
+        self.add_cbs(cbs)
+        self("after_create")
+
+    # ---- attributes ----
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: callbacks by name, then the model.
+        if name.startswith("__") or name in ("_cb_by_name", "model"):
+            raise AttributeError(name)
+        cbs = self.__dict__.get("_cb_by_name", {})
+        if name in cbs:
+            return cbs[name]
+        model = self.__dict__.get("model")
+        if model is not None and not name.startswith("_"):
+            try:
+                return getattr(model, name)
+            except AttributeError:
+                pass
+        raise AttributeError(f"'Learner' object has no attribute {name!r}")
+
+    @property
+    def metrics(self) -> list[Any]:
+        """The metrics computed on the validation set each epoch."""
+        rec = self._cb_by_name.get("recorder")
+        return rec.metrics if rec is not None else self._metrics
+
+    @metrics.setter
+    def metrics(self, ms: Any) -> None:
+        ms = [] if ms is None else (list(ms) if isinstance(ms, (list, tuple)) else [ms])
+        self._metrics = ms
+        rec = self._cb_by_name.get("recorder")
+        if rec is not None:
+            rec.set_metrics(ms)
+
+    @property
+    def x(self) -> Any:
+        """The input of the current batch (`xb` detuplified)."""
+        return self.xb[0] if len(self.xb) == 1 else self.xb
+
+    @property
+    def y(self) -> Any:
+        """The target of the current batch (`yb` detuplified)."""
+        return self.yb[0] if len(self.yb) == 1 else self.yb
+
+    @property
+    def cbs(self) -> list[Callback]:
+        """The callbacks, in the order they run."""
+        return list(self._cbs)
+
+    @cbs.setter
+    def cbs(self, cbs: Any) -> None:
+        self.remove_cbs(self.cbs)
+        self.add_cbs(cbs)
+
+    # ---- callbacks ----
+    def add_cb(self, cb: Any) -> Learner:
+        """Add a callback (a class is instantiated with no arguments)."""
+        if isinstance(cb, type):
+            cb = cb()
+        if not isinstance(cb, Callback):
+            raise TypeError(f"cbs must be Callback instances or classes, got {cb!r}")
+        check_event_names(cb)
+        cb.learn = self
+        self._cbs.append(cb)
+        self._cb_by_name[cb.name] = cb
+        if isinstance(cb, Recorder) and hasattr(self, "_metrics"):
+            cb.set_metrics(self._metrics)
+        self._reindex()
+        return self
+
+    def add_cbs(self, cbs: Any) -> Learner:
+        """Add several callbacks."""
+        for cb in _listify(cbs):
+            self.add_cb(cb)
+        return self
+
+    def remove_cb(self, cb: Any) -> Learner:
+        """Remove a callback instance, or every callback of a class."""
+        targets = [c for c in self._cbs if (isinstance(c, cb) if isinstance(cb, type) else c is cb)]
+        for c in targets:
+            self._cbs.remove(c)
+            c.learn = None
+            if self._cb_by_name.get(c.name) is c:
+                del self._cb_by_name[c.name]
+        self._reindex()
+        return self
+
+    def remove_cbs(self, cbs: Any) -> Learner:
+        """Remove several callbacks."""
+        for cb in _listify(cbs):
+            self.remove_cb(cb)
+        return self
+
+    @contextlib.contextmanager
+    def added_cbs(self, cbs: Any) -> Iterator[Learner]:
+        """Add callbacks for the duration of a `with` block."""
+        cbs = [cb() if isinstance(cb, type) else cb for cb in _listify(cbs)]
+        self.add_cbs(cbs)
+        try:
+            yield self
+        finally:
+            self.remove_cbs(cbs)
+
+    @contextlib.contextmanager
+    def removed_cbs(self, cbs: Any) -> Iterator[Learner]:
+        """Remove callbacks for the duration of a `with` block."""
+        cbs = [c for c in self._cbs if any(c is s or (isinstance(s, type) and isinstance(c, s))
+                                           for s in _listify(cbs))]
+        self.remove_cbs(cbs)
+        try:
+            yield self
+        finally:
+            self.add_cbs(cbs)
+
+    def get_cb(self, cls: type) -> Any:
+        """The first callback of class `cls`, or None."""
+        return next((c for c in self._cbs if isinstance(c, cls)), None)
+
+    def ordered_cbs(self, event: str) -> list[Callback]:
+        """Callbacks that act on `event`, in the order they run."""
+        return list(self._event_cbs.get(event, []))
+
+    def _reindex(self) -> None:
+        self._cbs = _sort_cbs(self._cbs)
+        # Per-event lists, so the batch loop only calls callbacks that act on each event.
+        self._event_cbs = {e: [c for c in self._cbs if has_event(c, e)] for e in ALL_EVENTS}
+
+    def __call__(self, event_name: str | Iterable[str]) -> None:
+        """Fire an event (or a list of events) on every callback that acts on it."""
+        if not isinstance(event_name, str):
+            for e in event_name:
+                self(e)
+            return
+        try:
+            cbs = self._event_cbs[event_name]
+        except KeyError:
+            raise ValueError(f"{event_name!r} is not an event; see rnnkit.event") from None
+        for cb in cbs:
+            cb(event_name)
+
+    # ---- the loop ----
+    def _with_events(self, f: Callable[[], None], event_type: str, ex: type[Exception],
+                     final: Callable[[], None] = noop) -> None:
+        try:
+            self(f"before_{event_type}")
+            f()
+        except ex:
+            self(f"after_cancel_{event_type}")
+        self(f"after_{event_type}")
+        final()
+
+    def create_opt(self) -> None:
+        """Build the optimizer from `opt_func` on the splitter's parameter groups."""
+        if isinstance(self.opt_func, functools.partial) and "lr" in self.opt_func.keywords:
+            self.lr = self.opt_func.keywords["lr"]
+        self.opt = self.opt_func(self.splitter(self.model), lr=self._lr_value(self.lr))
+        state = getattr(self.opt, "state", None)
+        if isinstance(state, dict) and hasattr(self.opt, "param_lists"):
+            if not self.wd_bn_bias:
+                for p in norm_bias_params(self.model, with_bias=True):
+                    _param_state(self.opt, p)["do_wd"] = False
+            if self.train_bn:
+                for p in norm_bias_params(self.model, with_bias=False):
+                    _param_state(self.opt, p)["force_train"] = True
+
+    @staticmethod
+    def _lr_value(lr: Any) -> Any:
+        return lr.stop if isinstance(lr, slice) else lr
+
+    def _device(self) -> torch.device | None:
+        dev = getattr(self.dls, "device", None)
+        if dev is not None:
+            return torch.device(dev)
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else None
+
+    def one_batch(self, i: int, b: Sequence[Any]) -> None:
+        """Run one batch `b` (index `i`) through the model, loss and, in training, the optimizer."""
+        self.iter = i
+        b = self._to_device(b)
+        n_inp = getattr(self.dls, "n_inp", 1 if len(b) == 1 else len(b) - 1)
+        self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
+        self._with_events(self._do_one_batch, "batch", CancelBatchException)
+
+    def _to_device(self, b: Sequence[Any]) -> Sequence[Any]:
+        dev = self._batch_device
+        if dev is None or all(getattr(t, "device", dev) == dev for t in b):
+            return b
+        return to_device(b, dev)
+
+    def _do_one_batch(self) -> None:
+        self.pred = self.model(*self.xb)
+        self("after_pred")
+        if len(self.yb):
+            self.loss_grad = self.loss_func(self.pred, *self.yb)
+            self.loss = self.loss_grad.clone()
+        self("after_loss")
+        if not self.training or not len(self.yb):
+            return
+        self._with_events(self._backward, "backward", CancelBackwardException)
+        self._with_events(self._step, "step", CancelStepException)
+        self.opt.zero_grad()
+
+    def _backward(self) -> None:
+        self.loss_grad.backward()
+
+    def _step(self) -> None:
+        self.opt.step()
+
+    def all_batches(self) -> None:
+        """Run every batch of `self.dl`."""
+        self.n_iter = len(self.dl)
+        for i, b in enumerate(self.dl):
+            self.one_batch(i, b)
+
+    def _do_epoch_train(self) -> None:
+        self.dl = self.dls.train
+        self._with_events(self.all_batches, "train", CancelTrainException)
+
+    def _do_epoch_validate(self, ds_idx: int = 1, dl: Any = None) -> None:
+        if dl is None:
+            dl = self.dls[ds_idx]
+        self.dl = dl
+        with torch.no_grad():
+            self._with_events(self.all_batches, "validate", CancelValidException)
+
+    def _do_epoch(self) -> None:
+        self._do_epoch_train()
+        self._do_epoch_validate()
+
+    def _do_fit(self) -> None:
+        for epoch in range(self.n_epoch):
+            self.epoch = epoch
+            self._with_events(self._do_epoch, "epoch", CancelEpochException)
+
+    def fit(self, n_epoch: int, lr: Any = None, wd: float | None = None, cbs: Any = None,
+            reset_opt: bool = False, start_epoch: int = 0) -> None:
+        """Train for `n_epoch` epochs at a constant learning rate `lr`."""
+        if not isinstance(n_epoch, int) or n_epoch < 0:
+            raise ValueError(f"n_epoch must be a non-negative int, got {n_epoch!r}")
+        if lr is not None and not isinstance(lr, slice) and not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if len(self.dls.train) == 0:
+            raise ValueError("The training DataLoader has no batches: its dataset is smaller "
+                             "than one batch (with drop_last=True). Use a smaller bs.")
+        cbs = _listify(cbs)
+        if start_epoch:
+            cbs.append(SkipToEpoch(start_epoch))
+        with self.added_cbs(cbs):
+            if reset_opt or self.opt is None:
+                self.create_opt()
+            if wd is None:
+                wd = self.wd
+            if wd is not None:
+                self.opt.set_hypers(wd=wd)
+            self.opt.set_hypers(lr=self.lr if lr is None else lr)
+            self.n_epoch = n_epoch
+            self._batch_device = self._device()
+            self._with_events(self._do_fit, "fit", CancelFitException, self._end_cleanup)
+
+    def _end_cleanup(self) -> None:
+        self.dl, self.xb, self.yb, self.pred = None, (), (), None
+        self.loss_grad = self.loss
+        for cb in self._cbs:
+            cb.run = True  # a callback that switched itself off is back on for the next fit
+
+    # ---- schedules ----
+    def _lr_max(self, lr_max: Any) -> np.ndarray:
+        if self.opt is None:
+            self.create_opt()
+        self.opt.set_hyper("lr", self.lr if lr_max is None else lr_max)
+        return np.array([h["lr"] for h in self.opt.hypers], dtype=np.float64)
+
+    def fit_one_cycle(self, n_epoch: int, lr_max: Any = None, div: float = 25.0,
+                      div_final: float = 1e5, pct_start: float = 0.25, wd: float | None = None,
+                      moms: tuple[float, float, float] | None = None, cbs: Any = None,
+                      reset_opt: bool = False, start_epoch: int = 0) -> None:
+        """Train with the 1cycle policy (Smith, 2018): cosine lr warm-up then annealing, momentum the other way."""
+        if reset_opt:
+            self.opt = None
+        lrs = self._lr_max(lr_max)
+        moms = self.moms if moms is None else moms
+        scheds = one_cycle_scheds(_groups(lrs), div=div, div_final=div_final, pct_start=pct_start,
+                                  moms=moms)
+        self.fit(n_epoch, cbs=[ParamScheduler(scheds)] + _listify(cbs), wd=wd,
+                 start_epoch=start_epoch)
+
+    def fit_flat_cos(self, n_epoch: int, lr: Any = None, div_final: float = 1e5,
+                     pct_start: float = 0.75, wd: float | None = None, cbs: Any = None,
+                     reset_opt: bool = False, start_epoch: int = 0) -> None:
+        """Train at a flat lr, then anneal it with a cosine for the last `1-pct_start` of the steps."""
+        if reset_opt:
+            self.opt = None
+        lrs = self._lr_max(lr)
+        sched = flat_cos_scheds(_groups(lrs), div_final=div_final, pct_start=pct_start)
+        self.fit(n_epoch, cbs=[ParamScheduler(sched)] + _listify(cbs), wd=wd, start_epoch=start_epoch)
+
+    def fit_sgdr(self, n_cycles: int, cycle_len: int, lr_max: Any = None, cycle_mult: int = 2,
+                 cbs: Any = None, reset_opt: bool = False, wd: float | None = None,
+                 start_epoch: int = 0) -> None:
+        """Train with cosine annealing and warm restarts (SGDR), cycles growing by `cycle_mult`."""
+        if reset_opt:
+            self.opt = None
+        n_epoch = sgdr_n_epoch(n_cycles, cycle_len, cycle_mult)
+        sched = sgdr_scheds(n_cycles, cycle_len, _groups(self._lr_max(lr_max)), cycle_mult=cycle_mult)
+        self.fit(n_epoch, cbs=[ParamScheduler(sched)] + _listify(cbs), wd=wd, start_epoch=start_epoch)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
+                  lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0, **kwargs: Any) -> None:
+        """Train the head with the body frozen, then everything with discriminative lrs."""
+        self.freeze()
+        self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
+        base_lr /= 2
+        self.unfreeze()
+        self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start,
+                           div=div, **kwargs)
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100,
+                stop_div: bool = True, show_plot: bool = True,
+                suggest_funcs: Sequence[Callable] = (valley,)) -> Any:
+        """The LR range test (Smith, 2015): grow the lr exponentially, watch the loss, restore everything."""
+        n_epoch = max(1, math.ceil(num_it / max(len(self.dls.train), 1)))
+        cb = LRFinder(start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div)
+        if self.opt is None:
+            self.create_opt()
+        opt_state = copy.deepcopy(self.opt.state_dict())  # before fit changes the hypers
+        with self.no_logging(), self.removed_cbs([c for c in self._cbs if getattr(c, "_skip_in_lr_find", False)]):
+            self.fit(n_epoch, cbs=cb)
+        self.opt.load_state_dict(opt_state)
+        return cb.suggest(self.get_cb(Recorder), suggest_funcs, show_plot=show_plot)
+
+    # ---- evaluation ----
+    def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any]:
+        """Run a validation pass; return `[valid_loss, *metrics]`."""
+        self._batch_device = self._device()
+        with self.added_cbs(cbs), self.no_logging(), self.no_bar():
+            self._do_epoch_validate(ds_idx, dl)
+        return list(getattr(self, "final_record", []))
+
+    def get_preds(self, ds_idx: int = 1, dl: Any = None, with_input: bool = False,
+                  with_decoded: bool = False, with_loss: bool = False, act: Callable | None = None,
+                  cbs: Any = None) -> tuple:
+        """Predictions and targets over a whole split, in dataset order: `(preds, targs[, ...])`."""
+        from rnnkit.callbacks.preds import GatherPredsCallback
+
+        if dl is None:
+            dl = self.dls[ds_idx]
+        if getattr(dl, "shuffle", False):
+            dl = copy.copy(dl)
+            dl.shuffle = False
+        if act is None:
+            act = getattr(self.loss_func, "activation", noop)
+        gather = GatherPredsCallback(with_input=with_input, with_loss=with_loss)
+        ctx = self.loss_not_reduced() if with_loss else contextlib.nullcontext()
+        with ctx:
+            self.validate(dl=dl, cbs=[gather] + _listify(cbs))
+        preds = act(gather.preds)
+        res: list[Any] = [preds, gather.targets]
+        if with_decoded:
+            res.append(getattr(self.loss_func, "decodes", noop)(preds))
+        if with_input:
+            res.insert(0, gather.inputs)
+        if with_loss:
+            res.append(gather.losses)
+        return tuple(res)
+
+    # ---- contexts ----
+    @contextlib.contextmanager
+    def no_logging(self) -> Iterator[Learner]:
+        """Silence `learn.logger` (the per-epoch rows) inside a `with` block."""
+        old, self.logger = self.logger, noop
+        try:
+            yield self
+        finally:
+            self.logger = old
+
+    @contextlib.contextmanager
+    def no_bar(self) -> Iterator[Learner]:
+        """Hide progress bars and the epoch table inside a `with` block."""
+        with self.removed_cbs(ProgressCallback):
+            yield self
+
+    @contextlib.contextmanager
+    def loss_not_reduced(self) -> Iterator[Learner]:
+        """Make the loss function return per-item losses inside a `with` block."""
+        if hasattr(self.loss_func, "reduction"):
+            old = self.loss_func.reduction
+            self.loss_func.reduction = "none"
+            try:
+                yield self
+            finally:
+                self.loss_func.reduction = old
+        else:
+            old_f = self.loss_func
+            self.loss_func = functools.partial(old_f, reduction="none")
+            try:
+                yield self
+            finally:
+                self.loss_func = old_f
+
+    # ---- freezing ----
+    def freeze_to(self, n: int) -> None:
+        """Freeze parameter groups before `n` (they get no step and no gradient)."""
+        if self.opt is None:
+            self.create_opt()
+        self.opt.freeze_to(n)
+        self.opt.clear_state()
+
+    def freeze(self) -> None:
+        """Freeze every parameter group but the last."""
+        self.freeze_to(-1)
+
+    def unfreeze(self) -> None:
+        """Train every parameter group."""
+        self.freeze_to(0)
+
+    # ---- mixed precision ----
+    def to_fp16(self, **kwargs: Any) -> Learner:
+        """Train with float16 autocast and a gradient scaler."""
+        self.remove_cb(MixedPrecision)
+        return self.add_cb(MixedPrecision(dtype=torch.float16, **kwargs))
+
+    def to_bf16(self) -> Learner:
+        """Train with bfloat16 autocast (no gradient scaling needed)."""
+        self.remove_cb(MixedPrecision)
+        return self.add_cb(MixedPrecision(dtype=torch.bfloat16))
+
+    def to_fp32(self) -> Learner:
+        """Go back to full precision."""
+        return self.remove_cb(MixedPrecision)
+
+    # ---- save / load ----
+    def _checkpoint_path(self, file: str | Path) -> Path:
+        p = Path(file)
+        if p.suffix == "":
+            p = p.with_suffix(".pth")
+        return p if p.is_absolute() else self.path / self.model_dir / p
+
+    def save(self, file: str | Path, with_opt: bool = True) -> Path:
+        """Save model weights (and optimizer state) to `path/model_dir/file.pth`, atomically."""
+        target = self._checkpoint_path(file)
+        obj: dict[str, Any] = {"model": self.model.state_dict()}
+        if with_opt and self.opt is not None:
+            obj["opt"] = self.opt.state_dict()
+        _atomic_save(obj, target)
+        return target
+
+    def load(self, file: str | Path, device: Any = None, with_opt: bool = True,
+             strict: bool = True) -> Learner:
+        """Load what `save` wrote; only tensors and plain values are read (no unpickling of code)."""
+        target = self._checkpoint_path(file)
+        if not target.exists():
+            raise FileNotFoundError(f"No saved model at {target}; check the name, `learn.path` "
+                                    f"({self.path}) and `learn.model_dir` ({self.model_dir})")
+        if device is None:
+            device = self._device() or "cpu"
+        try:
+            obj = torch.load(target, map_location=device, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"Could not read {target}: it is not a checkpoint saved by "
+                             f"Learner.save, or it is corrupt or truncated ({e})") from e
+        state = obj.get("model", obj) if isinstance(obj, dict) else None
+        if not isinstance(state, dict):
+            raise ValueError(f"{target} does not hold a model state dict")
+        load_model_state(self.model, state, strict=strict)
+        if with_opt and "opt" in obj:
+            if self.opt is None:
+                self.create_opt()
+            self.opt.load_state_dict(obj["opt"])
+        return self
+
+    def __repr__(self) -> str:
+        return f"Learner(model={type(self.model).__name__}, cbs={self._cbs})"
+
+
+def _groups(lrs: np.ndarray) -> Any:
+    """One lr per group as a list, or a float when there is one group (schedules stay scalar)."""
+    return float(lrs[0]) if len(lrs) == 1 else lrs.tolist()
+
+
+def _param_state(opt: Any, p: torch.Tensor) -> dict[str, Any]:
+    st = opt.state.get(p)
+    if st is None:
+        st = opt.state[p] = {}
+    return st
+
+
+def _listify(x: Any) -> list[Any]:
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    if hasattr(x, "__iter__") and not isinstance(x, (str, Callback, type)):
+        return list(x)
+    return [x]

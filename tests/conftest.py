@@ -1,0 +1,50 @@
+"""Shared fixtures: seeded RNG, a tiny classification problem, a Learner factory."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import pytest
+import torch
+from torch import nn
+
+matplotlib.use("Agg")
+os.environ.setdefault("RNNKIT_NO_PROGRESS", "1")
+torch.set_num_threads(2)
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def make_classification(n: int = 100, n_in: int = 4, n_out: int = 3, seed: int = 0):
+    """A linearly separable-ish problem: list of (x, y) pairs."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, n_in, generator=g)
+    w = torch.randn(n_in, n_out, generator=g)
+    y = (x @ w).argmax(1)
+    return [(x[i], y[i]) for i in range(n)]
+
+
+@pytest.fixture
+def tiny_dls():
+    from rnnkit.data.core import DataLoaders
+
+    return DataLoaders.from_dsets(make_classification(64), make_classification(20, seed=1), bs=16)
+
+
+@pytest.fixture
+def make_learner(tiny_dls, tmp_path):
+    from rnnkit.training.learner import Learner
+
+    def _make(**kwargs):
+        model = kwargs.pop("model", None) or nn.Linear(4, 3)
+        kwargs.setdefault("loss_func", nn.functional.cross_entropy)
+        kwargs.setdefault("path", tmp_path)
+        return Learner(kwargs.pop("dls", tiny_dls), model, **kwargs)
+
+    return _make

@@ -502,7 +502,7 @@ class Learner:
         if dl is None:
             dl = self.dls[ds_idx]
         if getattr(dl, "shuffle", False):
-            dl = copy.copy(dl)
+            dl = dl.new(shuffle=False) if hasattr(dl, "new") else copy.copy(dl)
             dl.shuffle = False
         if act is None:
             act = getattr(self.loss_func, "activation", noop)

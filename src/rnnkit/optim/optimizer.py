@@ -1,0 +1,403 @@
+"""`Optimizer`, built from stepper functions, and `OptimWrapper` around `torch.optim` optimizers."""
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections import defaultdict
+from functools import partial
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Optimizer", "OptimWrapper"]
+
+Stepper = Callable[..., Any]
+
+
+def _to_plain(v: Any) -> Any:
+    """A one-element tensor or numpy scalar as a Python number; anything else unchanged."""
+    if isinstance(v, (Tensor, np.ndarray, np.generic)) and np.size(v) == 1:
+        return v.item()
+    return v
+
+
+def _spread(k: str, v: Any, n: int) -> list[Any]:
+    """One value of hyper-parameter `k` per parameter group, from a scalar, a sequence or a slice."""
+    if isinstance(v, slice):
+        lo, hi = _to_plain(v.start), _to_plain(v.stop)
+        if not lo:  # fastai: the last group gets hi, the others hi/10
+            return [hi / 10] * (n - 1) + [hi]
+        if n == 1:
+            return [hi]
+        if v.step is not None or lo / hi <= 0:
+            raise ValueError(f"set_hyper('{k}', {v!r}): use slice(lo, hi) with lo and hi of the "
+                             "same sign (spread geometrically) or slice(None, hi).")
+        ratio = (hi / lo) ** (1 / (n - 1))
+        return [lo] + [lo * ratio**i for i in range(1, n - 1)] + [hi]
+    if isinstance(v, (Tensor, np.ndarray)):
+        v = [v.item()] if np.size(v) == 1 else v.flatten().tolist()
+    if isinstance(v, (list, tuple)):
+        values = [_to_plain(x) for x in v]
+        if len(values) == 1:  # like fastai, a single value goes to every group
+            return values * n
+        if len(values) != n:
+            raise ValueError(f"set_hyper('{k}', ...) got {len(values)} values for {n} parameter "
+                             "groups; pass one value, one value per group, or a slice.")
+        return values
+    return [_to_plain(v)] * n
+
+
+def _as_param_lists(params: Any) -> list[list[Tensor]]:
+    """Parameter groups from an iterable of tensors or an iterable of iterables of tensors."""
+    items = [params] if isinstance(params, Tensor) else list(params)
+    if not items:
+        raise ValueError("The optimizer got no parameters; pass model.parameters() or a list of "
+                         "parameter groups (lists of tensors).")
+    groups = [items] if isinstance(items[0], Tensor) else [list(g) for g in items]
+    for i, group in enumerate(groups):
+        for p in group:
+            if not isinstance(p, Tensor):
+                raise TypeError(
+                    f"Parameter group {i} contains a {type(p).__name__}, expected tensors; pass an "
+                    "iterable of tensors or a list of lists of tensors (e.g. a splitter's output).")
+    if not any(groups):
+        raise ValueError(f"The optimizer got {len(groups)} parameter groups but no parameters.")
+    if len({id(p) for g in groups for p in g}) != sum(len(g) for g in groups):
+        raise ValueError("Some parameters appear more than once in the parameter groups; give "
+                         "each parameter to exactly one group.")
+    return groups
+
+
+def _stepper_name(cb: Stepper) -> str:
+    return f"partial({_stepper_name(cb.func)})" if isinstance(cb, partial) else getattr(
+        cb, "__name__", type(cb).__name__)
+
+
+def _stepper_defaults(cb: Stepper) -> dict[str, Any]:
+    """The `.defaults` of a stepper, looking through `functools.partial`."""
+    defaults = getattr(cb, "defaults", None)
+    if defaults is None and isinstance(cb, partial):
+        return _stepper_defaults(cb.func)
+    return dict(defaults or {})
+
+
+def _explain_stepper_error(cb: Stepper, kwargs: dict[str, Any]) -> str | None:
+    """Why calling `cb(p, **kwargs)` could not bind its arguments, or None if it could."""
+    try:
+        params = list(inspect.signature(cb).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    named = [q for q in params[1:] if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
+    missing = [q.name for q in named if q.default is q.empty and q.name not in kwargs]
+    name = _stepper_name(cb)
+    if missing:
+        keys = ", ".join(f"'{m}'" for m in missing)
+        return (f"Stepper `{name}` needs {keys}, but neither the optimizer's hyper-parameters nor "
+                f"the parameter's state supply it. Pass it to the optimizer (e.g. "
+                f"Optimizer(params, cbs, {missing[0]}=...)), give it a default with "
+                f"@stepper({missing[0]}=...), or put a stepper that creates it earlier in cbs.")
+    if not any(q.kind == q.VAR_KEYWORD for q in params):
+        return (f"Stepper `{name}` is called with every hyper-parameter and state key as a keyword "
+                f"({', '.join(sorted(kwargs))}) but has no `**kwargs`; add `**_` to its signature.")
+    return None
+
+
+class _BaseOptimizer:
+    """What `Optimizer` and `OptimWrapper` share: parameter access, hyper-parameter setting, freezing."""
+
+    _keep_on_clear = ["force_train", "do_wd"]
+    param_lists: list[list[Tensor]]
+    hypers: list[dict[str, Any]]
+    state: dict[Tensor, dict[str, Any]]
+    train_bn: bool
+    frozen_idx: int
+
+    def all_params(self, n: slice | int = slice(None), with_grad: bool = False
+                   ) -> list[tuple[Tensor, list[Tensor], dict[str, Any], dict[str, Any]]]:
+        """`(p, param_list, state, hypers)` for each parameter of the groups selected by `n`."""
+        if isinstance(n, int):
+            n = slice(n, n + 1 if n != -1 else None)
+        return [(p, pl, self.state[p], hyper)
+                for pl, hyper in zip(self.param_lists[n], self.hypers[n]) for p in pl
+                if not with_grad or p.grad is not None]
+
+    def set_hypers(self, **kwargs: Any) -> None:
+        """Set several hyper-parameters, each as in `set_hyper`."""
+        for k, v in kwargs.items():
+            self.set_hyper(k, v)
+
+    def set_hyper(self, k: str, v: Any) -> None:
+        """Set hyper-parameter `k` for all groups: a scalar, one value per group, or a slice to spread."""
+        self._set_hyper(k, _spread(k, v, len(self.param_lists)))
+
+    def _set_hyper(self, k: str, values: list[Any]) -> None:
+        raise NotImplementedError
+
+    def clear_state(self) -> None:
+        """Drop the optimizer state, keeping only the per-parameter flags in `_keep_on_clear`."""
+        for p, _, state, _ in self.all_params():
+            self.state[p] = {k: state[k] for k in self._keep_on_clear if k in state}
+
+    def _trains_when_frozen(self, p: Tensor) -> bool:
+        return bool(self.train_bn and self.state[p].get("force_train", False))
+
+    def freeze_to(self, n: int) -> None:
+        """Freeze the parameter groups before `n` (counted from the end if negative)."""
+        n_groups = len(self.param_lists)
+        idx = n if n >= 0 else n_groups + n
+        if idx < 0:
+            raise ValueError(f"freeze_to({n}) is out of range for {n_groups} parameter groups.")
+        if idx >= n_groups:
+            warnings.warn(f"freeze_to({n}) freezes all {n_groups} parameter groups; only "
+                          "force_train parameters will train.")
+        self.frozen_idx = idx
+        for i, pl in enumerate(self.param_lists):
+            for p in pl:
+                p.requires_grad_(i >= idx or self._trains_when_frozen(p))
+
+    def freeze(self) -> None:
+        """Freeze every parameter group but the last."""
+        if len(self.param_lists) < 2:
+            raise ValueError("freeze() needs more than one parameter group, got "
+                             f"{len(self.param_lists)}; split the model into groups (a splitter) "
+                             "or use freeze_to(n).")
+        self.freeze_to(-1)
+
+    def unfreeze(self) -> None:
+        """Make every parameter group trainable."""
+        self.freeze_to(0)
+
+
+class Optimizer(_BaseOptimizer):
+    """An optimizer whose update is the steppers `cbs` applied in order to each parameter."""
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[Sequence[Tensor]],
+                 cbs: Stepper | Iterable[Stepper], train_bn: bool = True, **defaults: Any) -> None:
+        self.param_lists = _as_param_lists(params)
+        self.cbs: list[Stepper] = [cbs] if callable(cbs) else list(cbs)
+        for cb in self.cbs:
+            if not callable(cb):
+                raise TypeError(f"Steppers must be callables like sgd_step, got {cb!r}.")
+        self.train_bn = train_bn
+        self.state = defaultdict(dict)
+        self.frozen_idx = 0
+        self.hypers = [{} for _ in self.param_lists]
+        merged: dict[str, Any] = {}
+        for cb in self.cbs:
+            merged.update(_stepper_defaults(cb))
+        self.set_hypers(**{**merged, **defaults})
+
+    def _set_hyper(self, k: str, values: list[Any]) -> None:
+        for hyper, v in zip(self.hypers, values):
+            hyper[k] = v
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """torch-style view of the groups: `{'params': [...], **hypers}` (a copy; write with `set_hyper`)."""
+        return [{"params": list(pl), **hyper} for pl, hyper in zip(self.param_lists, self.hypers)]
+
+    @param_groups.setter
+    def param_groups(self, groups: Sequence[dict[str, Any]]) -> None:
+        if len(groups) != len(self.param_lists):
+            raise ValueError(f"Expected {len(self.param_lists)} parameter groups, received "
+                             f"{len(groups)}.")
+        self.param_lists = _as_param_lists([g["params"] for g in groups])
+        for hyper, g in zip(self.hypers, groups):
+            hyper.update({k: _to_plain(v) for k, v in g.items() if k != "params"})
+
+    def _call(self, cb: Stepper, p: Tensor, kwargs: dict[str, Any]) -> Any:
+        try:
+            return cb(p, **kwargs)
+        except TypeError as e:
+            reason = _explain_stepper_error(cb, kwargs)
+            if reason is None:
+                raise
+            raise ValueError(reason) from e
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Run the steppers on every parameter that has a gradient, skipping frozen groups."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for i, (pl, hyper) in enumerate(zip(self.param_lists, self.hypers)):
+            frozen = i < self.frozen_idx
+            for p in pl:
+                if p.grad is None or (frozen and not self._trains_when_frozen(p)):
+                    continue
+                state = self.state[p]
+                for cb in self.cbs:
+                    new_state = self._call(cb, p, {**state, **hyper})
+                    if isinstance(new_state, dict):
+                        state.update(new_state)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero the gradients (or drop them if `set_to_none`)."""
+        for p, *_ in self.all_params(with_grad=True):
+            if set_to_none:
+                p.grad = None
+            else:
+                p.grad.detach_()
+                p.grad.zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        """`{'state': [state per parameter], 'hypers': [dict per group]}`, loadable with weights_only."""
+        return {"state": [dict(state) for _, _, state, _ in self.all_params()],
+                "hypers": [dict(h) for h in self.hypers]}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Load a `state_dict`, copying state tensors to the device of their parameter."""
+        if not isinstance(sd, dict) or "state" not in sd or "hypers" not in sd:
+            raise ValueError("Expected a dict with keys 'state' and 'hypers' as made by "
+                             f"Optimizer.state_dict(), received {str(sd)[:80]}.")
+        n_groups, params = len(self.param_lists), [p for pl in self.param_lists for p in pl]
+        if len(sd["hypers"]) != n_groups:
+            raise ValueError(f"The state dict has {len(sd['hypers'])} parameter groups but this "
+                             f"optimizer has {n_groups}; expected {n_groups}.")
+        if len(sd["state"]) != len(params):
+            raise ValueError(f"The state dict has state for {len(sd['state'])} parameters but this "
+                             f"optimizer has {len(params)}; expected {len(params)}.")
+        self.hypers = [{k: _to_plain(v) for k, v in h.items()} for h in sd["hypers"]]
+        self.state = defaultdict(dict)
+        for p, s in zip(params, sd["state"]):
+            self.state[p] = {k: _copy_to(v, p.device) for k, v in s.items()}
+
+
+def _copy_to(v: Any, device: torch.device) -> Any:
+    """A copy of `v` with its tensors on `device`, so a loaded optimizer shares no buffers."""
+    if isinstance(v, Tensor):
+        return v.to(device, copy=True)
+    if isinstance(v, dict):
+        return {k: _copy_to(x, device) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_copy_to(x, device) for x in v)
+    return v
+
+
+# torch hyper-parameter name -> rnnkit name; `name__i` is item i of a tuple such as `betas`.
+_TORCH_HP_MAP = {"momentum": "mom", "weight_decay": "wd", "alpha": "sqr_mom",
+                 "betas__0": "mom", "betas__1": "sqr_mom"}
+
+
+def _flat_hypers(group: dict[str, Any]) -> dict[str, Any]:
+    """A torch param group's hyper-parameters with tuples split into `name__i` entries."""
+    flat = {}
+    for k, v in group.items():
+        if k != "params":
+            flat.update({f"{k}__{i}": x for i, x in enumerate(v)} if isinstance(v, tuple) else {k: v})
+    return flat
+
+
+def _set_torch_hyper(group: dict[str, Any], torch_key: str, v: Any) -> None:
+    name, _, idx = torch_key.partition("__")
+    if idx:
+        group[name] = tuple(v if i == int(idx) else x for i, x in enumerate(group[name]))
+    else:
+        group[name] = v
+
+
+def _split_kwargs(opt_cls: Callable[..., Any], hp_map: dict[str, str], kwargs: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Kwargs `opt_cls` takes (renamed to torch names), and those to set once it is built."""
+    try:
+        accepted = set(inspect.signature(opt_cls).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+    now, later = {}, {}
+    for k, v in kwargs.items():
+        torch_names = [t for t, r in hp_map.items() if r == k]
+        direct = [t for t in torch_names if t in accepted]
+        if isinstance(v, (slice, list, np.ndarray)):  # per-group values: spread by set_hyper
+            later[k] = v
+        elif k in accepted or (not accepted and not torch_names):
+            now[k] = v
+        elif direct:
+            now[direct[0]] = v
+        else:
+            later[k] = v
+    return now, later
+
+
+class OptimWrapper(_BaseOptimizer):
+    """A `torch.optim` optimizer behind the `Optimizer` interface, with rnnkit hyper-parameter names."""
+
+    def __init__(self, params: Any, opt: Callable[..., torch.optim.Optimizer] | torch.optim.Optimizer,
+                 hp_map: dict[str, str] | None = None, convert_groups: bool = True,
+                 **kwargs: Any) -> None:
+        hp_map = dict(_TORCH_HP_MAP if hp_map is None else hp_map)
+        if isinstance(opt, torch.optim.Optimizer):
+            if params is not None:
+                raise ValueError("OptimWrapper got both `params` and an already built optimizer; "
+                                 "pass params=None with a built optimizer, or pass its class.")
+            self.opt = opt
+        else:
+            items = [params] if isinstance(params, Tensor) else list(params)
+            torch_params: Any = items
+            if convert_groups:
+                torch_params = [{"params": g} for g in _as_param_lists(items)]
+            now, kwargs = _split_kwargs(opt, hp_map, kwargs)
+            self.opt = opt(torch_params, **now)
+        keys = _flat_hypers(self.opt.param_groups[0])
+        self._fwd = {k: hp_map.get(k, k) for k in keys}
+        self._bwd = {v: k for k, v in reversed(list(self._fwd.items()))}
+        self.state = defaultdict(dict)
+        self.train_bn = True
+        self.frozen_idx = 0
+        self.set_hypers(**kwargs)
+
+    @property
+    def hypers(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The hyper-parameters of each group under rnnkit names (`lr, mom, sqr_mom, eps, wd`)."""
+        return [{self._fwd.get(k, k): v for k, v in _flat_hypers(g).items()}
+                for g in self.opt.param_groups]
+
+    def _set_hyper(self, k: str, values: list[Any]) -> None:
+        torch_key = self._bwd.get(k, k if k in self._fwd else None)  # rnnkit or torch name
+        if torch_key is None:
+            raise ValueError(f"{type(self.opt).__name__} has no hyper-parameter `{k}`; it has "
+                             f"{', '.join(sorted(self._bwd))}.")
+        for group, v in zip(self.opt.param_groups, values):
+            _set_torch_hyper(group, torch_key, v)
+
+    @property
+    def param_lists(self) -> list[list[Tensor]]:  # type: ignore[override]
+        """The parameters of each group of the wrapped optimizer."""
+        return [g["params"] for g in self.opt.param_groups]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The wrapped optimizer's own `param_groups` (torch names)."""
+        return self.opt.param_groups
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Step the wrapped optimizer, leaving frozen groups untouched."""
+        hidden = [(p, p.grad) for pl in self.param_lists[: self.frozen_idx] for p in pl
+                  if p.grad is not None and not self._trains_when_frozen(p)]
+        for p, _ in hidden:
+            p.grad = None
+        try:
+            return self.opt.step(closure)
+        finally:
+            for p, g in hidden:
+                p.grad = g
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero (by default drop, as torch does) the gradients."""
+        self.opt.zero_grad(set_to_none=set_to_none)
+
+    def clear_state(self) -> None:
+        """Drop the wrapped optimizer's state, keeping the per-parameter flags."""
+        self.opt.state = defaultdict(dict)
+        super().clear_state()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped optimizer's `state_dict`."""
+        return self.opt.state_dict()
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Load a `state_dict` into the wrapped optimizer."""
+        self.opt.load_state_dict(sd)

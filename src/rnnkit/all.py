@@ -20,3 +20,4 @@ from rnnkit.training.events import *
 from rnnkit.training.learner import Learner, load_model_state, norm_bias_params, trainable_params
 from rnnkit.training.recorder import Recorder
 from rnnkit.utils import *
+from rnnkit.text.learner import TextLearner

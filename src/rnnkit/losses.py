@@ -43,11 +43,11 @@ class BaseLoss:
     @property
     def reduction(self) -> str:
         """The wrapped loss's reduction; set it to 'none' for per-item losses."""
-        return self.func.reduction
+        return str(self.func.reduction)
 
     @reduction.setter
     def reduction(self, value: str) -> None:
-        self.func.reduction = value
+        self.func.reduction = value  # type: ignore[assignment]
 
     def __call__(self, inp: Tensor, targ: Tensor, **kwargs: Any) -> Tensor:
         """Loss of `inp` against `targ`; with reduction='none', one value per flattened item."""

@@ -84,9 +84,8 @@ def range_of(a: Any, b: int | None = None, step: int | None = None) -> list[int]
     """All indices of collection `a`, or `list(range(a, b, step))` when `a` is an int."""
     if hasattr(a, "__len__") and not isinstance(a, (str, bytes)):
         a = len(a)
-    if step is not None:
-        return list(range(a, b, step))
-    return list(range(a, b)) if b is not None else list(range(a))
+    start, stop = (0, a) if b is None else (a, b)
+    return list(range(start, stop, 1 if step is None else step))
 
 
 def noop(x: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -146,7 +145,7 @@ def to_device(b: Any, device: torch.device | str | None = None) -> Any:
         if isinstance(o, torch.Tensor):
             return o.to(device, non_blocking=non_blocking)
         if isinstance(o, Mapping):
-            return type(o)({k: _move(v) for k, v in o.items()})
+            return type(o)({k: _move(v) for k, v in o.items()})  # type: ignore[call-arg]
         if isinstance(o, tuple) and hasattr(o, "_fields"):  # namedtuple
             return type(o)(*(_move(v) for v in o))
         if isinstance(o, (list, tuple)):

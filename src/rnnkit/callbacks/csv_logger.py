@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from rnnkit.training.callback import Callback
 from rnnkit.training.recorder import Recorder
@@ -19,6 +19,7 @@ class CSVLogger(Callback):
     def __init__(self, fname: str | Path = "history.csv", append: bool = False) -> None:
         super().__init__()
         self.fname, self.append = Path(fname), append
+        self._file: IO[str] | None = None
 
     @property
     def path(self) -> Path:
@@ -36,10 +37,11 @@ class CSVLogger(Callback):
 
     def after_epoch(self) -> None:
         self._writer.writerow(["" if v is None else v for v in self.learn.get_cb(Recorder).log])
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
 
     def after_fit(self) -> None:
-        if getattr(self, "_file", None) is not None:
+        if self._file is not None:
             self._file.close()
             self._file = None
 

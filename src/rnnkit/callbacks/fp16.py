@@ -52,8 +52,8 @@ class MixedPrecision(Callback):
         if dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"MixedPrecision dtype must be torch.float16 or torch.bfloat16, got {dtype}")
         self.dtype = dtype
-        self.scaler_kwargs = dict(init_scale=init_scale, growth_factor=growth_factor,
-                                  backoff_factor=backoff_factor, growth_interval=growth_interval)
+        self.init_scale, self.growth_factor = init_scale, growth_factor
+        self.backoff_factor, self.growth_interval = backoff_factor, growth_interval
         self.scaler: torch.amp.GradScaler | None = None
         self._autocast: Any = None
 
@@ -63,7 +63,9 @@ class MixedPrecision(Callback):
 
     def before_fit(self) -> None:
         if self.dtype == torch.float16:
-            self.scaler = torch.amp.GradScaler(self._device_type(), **self.scaler_kwargs)
+            self.scaler = torch.amp.GradScaler(
+                self._device_type(), init_scale=self.init_scale, growth_factor=self.growth_factor,
+                backoff_factor=self.backoff_factor, growth_interval=self.growth_interval)
 
     def before_batch(self) -> None:
         self._autocast = torch.autocast(device_type=self._device_type(), dtype=self.dtype)
@@ -89,8 +91,8 @@ class MixedPrecision(Callback):
         if self.scaler is None:
             return
         view = _ScalerView(self.learn.opt)
-        self.scaler.unscale_(view)
-        self.scaler.step(view)  # calls view.step() only when every gradient is finite
+        self.scaler.unscale_(view)  # type: ignore[arg-type]  # it only needs param_groups
+        self.scaler.step(view)  # type: ignore[arg-type]  # calls view.step() only if all grads are finite
         self.scaler.update()
         if view.skipped:
             raise CancelStepException()

@@ -59,7 +59,8 @@ class _HTMLTable:
     def __init__(self, names: list[str]) -> None:
         from IPython.display import HTML, display
 
-        self.names, self.rows, self._HTML = names, [], HTML
+        self.names, self._HTML = names, HTML
+        self.rows: list[list[str]] = []
         self.handle = display(HTML(self._html()), display_id=True)
 
     def _html(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+from torch import nn
 
 from rnnkit.training.callback import Callback
 
@@ -16,13 +16,17 @@ class ModelResetter(Callback):
     state of one phase never leaks into the next."""
 
     def before_train(self) -> None:
-        self.learn.model.reset()
+        _reset(self.learn.model)
 
     def before_validate(self) -> None:
-        self.learn.model.reset()
+        _reset(self.learn.model)
 
     def after_fit(self) -> None:
-        self.learn.model.reset()
+        _reset(self.learn.model)
+
+
+def _reset(model: nn.Module) -> None:
+    model.reset()  # type: ignore[operator]  # any model with a reset() method
 
 
 ModelReseter = ModelResetter  # the spelling the chapter-12 notebook uses

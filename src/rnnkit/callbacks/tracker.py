@@ -61,7 +61,7 @@ class TrackerCallback(Callback):
 
     def after_epoch(self) -> None:
         val = self.learn.get_cb(Recorder).values[-1][self.idx]
-        self.new_best = val is not None and bool(self.comp(val - self.min_delta, self.best))
+        self.new_best = val is not None and bool(self.comp(float(val) - self.min_delta, float(self.best or 0)))
         if self.new_best:
             self.best = val
 

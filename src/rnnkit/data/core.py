@@ -45,9 +45,10 @@ def _stack_dataset(dataset: Any, n: int) -> tuple[tuple[torch.Tensor, ...], bool
         return (dataset.as_subclass(torch.Tensor),), False
     first = dataset[0]
     as_tuple = isinstance(first, (tuple, list))
-    specs = [_leaf_spec(o) for o in (first if as_tuple else (first,))]
-    if not specs or any(s is None for s in specs):
+    maybe_specs = [_leaf_spec(o) for o in (first if as_tuple else (first,))]
+    if not maybe_specs or any(s is None for s in maybe_specs):
         return None
+    specs: list[tuple] = [s for s in maybe_specs if s is not None]
     columns: list[list[Any]] = [[] for _ in specs]
     items = dataset if isinstance(dataset, (list, tuple, L)) else (dataset[i] for i in range(n))
     count = 0
@@ -162,7 +163,7 @@ class DataLoader:
 
     def new(self, dataset: Sequence[Any] | None = None, **kwargs: Any) -> DataLoader:
         """A copy of this loader with some arguments changed, e.g. `dl.new(shuffle=False)`."""
-        args = dict(
+        args: dict[str, Any] = dict(
             bs=self.bs,
             shuffle=self.shuffle,
             drop_last=self.drop_last,
@@ -232,7 +233,7 @@ class DataLoader:
                 yield self._collate([self.dataset[j] for j in ids])
 
     def _worker_batches(self) -> Iterator[Any]:
-        loader = torch.utils.data.DataLoader(
+        loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
             self.dataset,  # type: ignore[arg-type]
             batch_size=self.bs,
             shuffle=self.shuffle,

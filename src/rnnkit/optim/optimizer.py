@@ -240,7 +240,7 @@ class Optimizer(_BaseOptimizer):
         for p, *_ in self.all_params(with_grad=True):
             if set_to_none:
                 p.grad = None
-            else:
+            elif p.grad is not None:
                 p.grad.detach_()
                 p.grad.zero_()
 

@@ -5,7 +5,7 @@ The order of a recipe's list is the algorithm; each factory returns an `Optimize
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from torch import Tensor
 
@@ -15,7 +15,7 @@ from rnnkit.optim.steppers import (adam_step, average_grad, average_sqr_grad, l2
 
 __all__ = ["SGD", "RMSProp", "Adam"]
 
-Params = Iterable[Tensor] | Iterable[Iterable[Tensor]]
+Params = Iterable[Tensor] | Iterable[Sequence[Tensor]]
 
 
 def SGD(params: Params, lr: float | slice, mom: float = 0.0, wd: float = 0.0,

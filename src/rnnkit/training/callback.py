@@ -33,7 +33,7 @@ class Callback:
     """
 
     order: int = 0
-    learn: Learner | None = None
+    learn: Learner = None  # type: ignore[assignment]  # set by Learner.add_cb
     run: bool = True
     run_train: bool = True
     run_valid: bool = True

@@ -68,7 +68,8 @@ def _sort_cbs(cbs: list[Callback]) -> list[Callback]:
                 continue
             if matches(b, a.run_after) or matches(a, b.run_before):
                 after[i].add(j)
-    out, done = [], set()
+    out: list[Callback] = []
+    done: set[int] = set()
     while len(out) < len(cbs):
         ready = [i for i in range(len(cbs)) if i not in done and after[i] <= done]
         if not ready:
@@ -141,8 +142,13 @@ class Learner:
         self.opt: Any = None
         self.logger: Callable = print
         self.training = False
-        self.epoch = self.iter = 0
+        self.epoch = self.iter = self.n_iter = self.train_iter = 0
         self.n_epoch = 1
+        self.pct_train = 0.0
+        self._n_train_batches = 1
+        self.final_record: list[Any] = []
+        self.nan_stopped = False
+        self.dl: Any = None
         self.xb: tuple = ()
         self.yb: tuple = ()
         self.pred: Any = None
@@ -235,7 +241,7 @@ class Learner:
         targets = [c for c in self._cbs if (isinstance(c, cb) if isinstance(cb, type) else c is cb)]
         for c in targets:
             self._cbs.remove(c)
-            c.learn = None
+            c.learn = None  # type: ignore[assignment]
             if self._cb_by_name.get(c.name) is c:
                 del self._cb_by_name[c.name]
         self._reindex()

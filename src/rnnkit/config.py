@@ -1,0 +1,168 @@
+"""Training configuration: one dataclass, loadable from TOML or YAML, overridable from the
+command line, with errors that name the key that is wrong."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["TrainConfig", "ConfigError", "load_config_file", "config_from_mapping", "KNOWN_CORPORA",
+           "PRESETS"]
+
+KNOWN_CORPORA = ("human_numbers", "ptb", "wikitext-2", "wikitext-103", "tinyshakespeare", "folder")
+PRESETS = ("small", "fastai", "paper")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file that cannot be used; the message says which and how to fix it."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything `rnnkit train` needs; saved as `config.json` in the run folder."""
+
+    corpus: str = "human_numbers"  # one of KNOWN_CORPORA; 'folder' reads train/valid/test files
+    data: str | None = None  # folder of the corpus (required for all but human_numbers)
+    preset: str = "small"  # model size and dropouts: small (CPU), fastai, paper
+    emb_sz: int | None = None  # override the preset's embedding size
+    n_hid: int | None = None  # override the preset's hidden size
+    n_layers: int | None = None  # override the preset's number of LSTM layers
+    drop_mult: float = 1.0  # scales all five AWD-LSTM dropouts
+    output_p: float | None = None  # override single dropouts of the preset
+    hidden_p: float | None = None
+    input_p: float | None = None
+    embed_p: float | None = None
+    weight_p: float | None = None
+    bs: int = 64  # batch size (rows of the token stream)
+    bptt: int = 16  # base sequence length
+    random_bptt: bool = False  # AWD-LSTM's variable sequence length (with lr rescaling)
+    epochs: int = 10
+    lr: float = 3e-3  # peak learning rate of the schedule
+    lr_find: bool = False  # run the LR finder first and use its 'valley' suggestion
+    schedule: str = "one_cycle"  # one_cycle, flat_cos or constant
+    wd: float = 0.1  # weight decay (decoupled)
+    alpha: float = 2.0  # AR scale
+    beta: float = 1.0  # TAR scale
+    clip: float | None = 0.25  # gradient clipping norm (None: no clipping)
+    optimizer: str = "adam"  # adam or sgd
+    ntasgd: bool = False  # non-monotonically triggered averaged SGD (AWD-LSTM)
+    seed: int = 42
+    threads: int | None = None  # torch CPU threads (default: torch's choice)
+    precision: str = "fp32"  # fp32, bf16 or fp16
+    checkpoint_every: int = 0  # also checkpoint every N batches (0: only at the end of each epoch)
+    out: str = "runs/latest"  # the run folder
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
+
+    def validate(self) -> TrainConfig:
+        """Check values that types alone do not catch; raise ConfigError naming the key."""
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"config: {key}={getattr(self, key)!r} {why}")
+
+        if self.corpus not in KNOWN_CORPORA:
+            raise bad("corpus", f"is not a known corpus; use one of {', '.join(KNOWN_CORPORA)}")
+        if self.preset not in PRESETS:
+            raise bad("preset", f"is not a preset; use one of {', '.join(PRESETS)}")
+        if self.schedule not in ("one_cycle", "flat_cos", "constant"):
+            raise bad("schedule", "must be one_cycle, flat_cos or constant")
+        if self.optimizer not in ("adam", "sgd"):
+            raise bad("optimizer", "must be adam or sgd")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise bad("precision", "must be fp32, bf16 or fp16")
+        if not self.lr > 0:
+            raise bad("lr", "must be positive (e.g. 3e-3), or use --lr-find")
+        for key in ("bs", "bptt", "epochs"):
+            if getattr(self, key) <= 0:
+                raise bad(key, "must be a positive integer")
+        for key in ("emb_sz", "n_hid", "n_layers", "threads"):
+            v = getattr(self, key)
+            if v is not None and v <= 0:
+                raise bad(key, "must be a positive integer")
+        for key in ("output_p", "hidden_p", "input_p", "embed_p", "weight_p"):
+            v = getattr(self, key)
+            if v is not None and not 0 <= v < 1:
+                raise bad(key, "must be a probability in [0, 1)")
+        if self.drop_mult < 0:
+            raise bad("drop_mult", "must be >= 0")
+        if self.wd < 0 or self.alpha < 0 or self.beta < 0:
+            raise ConfigError("config: wd, alpha and beta must be >= 0")
+        if self.clip is not None and not self.clip > 0:
+            raise bad("clip", "must be positive, or left out for no clipping")
+        if self.checkpoint_every < 0:
+            raise bad("checkpoint_every", "must be >= 0")
+        if self.corpus not in ("human_numbers",) and not self.data:
+            raise ConfigError(f"config: corpus={self.corpus!r} needs data=<folder of the corpus files>")
+        return self
+
+    def to_json(self) -> str:
+        """The config as JSON text (what the run folder keeps)."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _check_type(key: str, value: Any) -> Any:
+    hint = _HINTS[key]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    allowed = tuple(typing.get_origin(a) or a for a in allowed)
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if bool not in allowed and isinstance(value, bool):
+        ok = False
+    else:
+        ok = isinstance(value, tuple(a for a in allowed if a is not type(None)))
+    if not ok:
+        names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed)
+        raise ConfigError(f"config: {key} must be {names}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def config_from_mapping(values: Mapping[str, Any], base: TrainConfig | None = None,
+                        source: str = "config") -> TrainConfig:
+    """A TrainConfig from `base` (defaults) updated with `values`; unknown or ill-typed keys are errors."""
+    cfg = dataclasses.replace(base) if base is not None else TrainConfig()
+    for key, value in values.items():
+        k = key.replace("-", "_")
+        if k not in _FIELDS:
+            close = difflib.get_close_matches(k, list(_FIELDS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+        setattr(cfg, k, _check_type(k, value))
+    return cfg
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (.toml) or YAML (.yaml/.yml) config file into a dict of options."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+
+            data: Any = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {p}: use a .toml, .yaml or .yml file")
+    except ConfigError:
+        raise
+    except Exception as e:  # parse errors of either library, with their line numbers
+        raise ConfigError(f"config file {p} could not be parsed: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a table of options, not {type(data).__name__}")
+    return data

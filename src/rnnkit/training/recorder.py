@@ -87,7 +87,7 @@ class Recorder(Callback):
 
     def before_epoch(self) -> None:
         self.start_epoch = time.time()
-        self.cancel_train = self.cancel_valid = False
+        self.cancel_train = self.cancel_valid = self.cancel_epoch = False
         self.log = [getattr(self.learn, "epoch", 0)]
 
     def before_train(self) -> None:
@@ -112,7 +112,13 @@ class Recorder(Callback):
     def after_cancel_validate(self) -> None:
         self.cancel_valid = True
 
+    def after_cancel_epoch(self) -> None:
+        self.cancel_epoch = True
+
     def after_epoch(self) -> None:
+        if getattr(self, "cancel_epoch", False) and len(self.log) == 1:
+            self.cancel_epoch = False
+            return  # skipped before anything ran (e.g. epochs already done when resuming)
         self.values.append(self.log[1:].copy())
         if self.add_time:
             self.log.append(_fmt_time(time.time() - self.start_epoch))

@@ -1,0 +1,179 @@
+"""Checkpoints that survive a kill at any moment and never unpickle code.
+
+A run folder keeps numbered checkpoint folders and a pointer to the newest whole one::
+
+    RUN/checkpoints/ckpt-000012/model.safetensors   weights (safetensors)
+                                optimizer.pt        optimizer state (torch.load weights_only)
+                                trainer.pt          position, RNG states, loader and callback state
+                                manifest.json       sha256 and size of each file
+    RUN/checkpoints/LATEST                          "ckpt-000012" (written last, atomically)
+
+A new checkpoint is written to a temporary folder, renamed into place, then LATEST is
+replaced: a crash at any point leaves LATEST naming a complete checkpoint. Older
+checkpoints are removed only after LATEST moved on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+           "capture_rng", "restore_rng", "atomic_write_text", "model_state_for_save", "load_weights"]
+
+_FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, truncated or does not fit the model."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def capture_rng() -> dict[str, Any]:
+    """The state of every random stream training uses (torch CPU/CUDA, numpy, Python), as tensors and lists."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(np_state[0]), torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back what `capture_rng` saved."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_state_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with tied (shared) tensors stored once, contiguous and on CPU."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    out: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in seen:  # weight tying: keep one copy; load_model_state restores the tie
+            continue
+        seen[key] = k
+        out[k] = v.detach().contiguous().cpu()
+    return out
+
+
+def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt_state: dict[str, Any] | None,
+                    trainer_state: dict[str, Any], keep: int = 1) -> Path:
+    """Write a new numbered checkpoint under `ckpt_dir` atomically; keep the newest `keep`."""
+    from safetensors.torch import save_file
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    existing = sorted(p.name for p in ckpt_dir.glob("ckpt-*") if p.is_dir())
+    n = int(existing[-1].split("-")[1]) + 1 if existing else 1
+    name = f"ckpt-{n:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".{name}."))
+    try:
+        save_file(model_state_for_save(model), str(tmp / "model.safetensors"))
+        torch.save(opt_state if opt_state is not None else {}, tmp / "optimizer.pt")
+        torch.save(trainer_state, tmp / "trainer.pt")
+        manifest = {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in _FILES}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        os.replace(tmp, ckpt_dir / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(ckpt_dir / "LATEST", name + "\n")
+    for old in sorted(p for p in ckpt_dir.glob("ckpt-*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return ckpt_dir / name
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path:
+    """The checkpoint LATEST points to; CheckpointError when there is none."""
+    pointer = ckpt_dir / "LATEST"
+    if not pointer.is_file():
+        raise CheckpointError(f"no checkpoint in {ckpt_dir} (LATEST is missing): the run saved none yet")
+    path = ckpt_dir / pointer.read_text(encoding="utf-8").strip()
+    if not path.is_dir():
+        raise CheckpointError(f"{pointer} names {path.name}, which does not exist")
+    return path
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Verify a checkpoint folder against its manifest and read it: (weights, optimizer state, trainer state)."""
+    from safetensors.torch import load_file
+
+    manifest_path = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has no readable manifest.json ({e}); it is incomplete") from e
+    for f in _FILES:
+        fp = path / f
+        if not fp.is_file():
+            raise CheckpointError(f"checkpoint {path} is missing {f}")
+        expected = manifest.get(f, {})
+        if fp.stat().st_size != expected.get("bytes") or _sha256(fp) != expected.get("sha256"):
+            raise CheckpointError(f"checkpoint file {fp} is corrupt or truncated (its checksum does not "
+                                  "match manifest.json); resume from an earlier checkpoint or start over")
+    try:
+        weights = load_file(str(path / "model.safetensors"), device=str(map_location))
+        opt_state = torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True)
+        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} could not be read: {e}") from e
+    return weights, opt_state, trainer
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Load `weights` into `model`; keys left out because they were tied to another are fine."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    ptrs = {(v.untyped_storage().data_ptr(), v.storage_offset()) for k, v in own.items() if k in weights}
+    untied = [k for k in missing if (own[k].untyped_storage().data_ptr(), own[k].storage_offset()) not in ptrs]
+    unexpected = [k for k in weights if k not in own]
+    wrong = [f"{k}: {what} {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in weights if k in own and weights[k].shape != own[k].shape]
+    if untied or unexpected or wrong:
+        parts = ([f"missing {untied[:4]}"] if untied else []) + \
+                ([f"unexpected {unexpected[:4]}"] if unexpected else []) + wrong[:4]
+        raise CheckpointError(f"the {what} does not match this model (" + "; ".join(parts) + "); "
+                              "its vocabulary or model config differs from the run's")
+    model.load_state_dict(weights, strict=False)

@@ -4,7 +4,7 @@ from rnnkit.callbacks.csv_logger import CSVLogger
 from rnnkit.callbacks.fp16 import MixedPrecision
 from rnnkit.callbacks.preds import GatherPredsCallback
 from rnnkit.callbacks.progress import ProgressCallback
-from rnnkit.callbacks.rnn import ModelReseter, ModelResetter, RNNCallback, RNNRegularizer, rnn_cbs
+from rnnkit.callbacks.rnn import ModelReseter, ModelResetter, RNNCallback, RNNRegularizer, RNNTrainer, rnn_cbs
 from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SkipToEpoch, SuggestedLRs
 from rnnkit.callbacks.tracker import (
     EarlyStoppingCallback, SaveModelCallback, TerminateOnNaNCallback, TrackerCallback,
@@ -12,6 +12,6 @@ from rnnkit.callbacks.tracker import (
 
 __all__ = [
     "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback", "ProgressCallback",
-    "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "rnn_cbs", "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",
+    "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs", "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",
     "EarlyStoppingCallback", "SaveModelCallback", "TerminateOnNaNCallback", "TrackerCallback",
 ]

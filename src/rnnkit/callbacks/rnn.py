@@ -8,7 +8,7 @@ from torch import nn
 
 from rnnkit.training.callback import Callback
 
-__all__ = ["ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "rnn_cbs"]
+__all__ = ["ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs"]
 
 
 class ModelResetter(Callback):
@@ -81,3 +81,48 @@ class RNNRegularizer(Callback):
 def rnn_cbs(alpha: float = 0.0, beta: float = 0.0) -> list[Callback]:
     """The callbacks an RNN with AR/TAR needs: `[RNNCallback(), RNNRegularizer(alpha, beta)]`."""
     return [RNNCallback(), RNNRegularizer(alpha=alpha, beta=beta)]
+
+
+class RNNTrainer(RNNRegularizer):
+    """fastai's RNN training tweaks in one callback: AR, TAR, and, when the loader varies the
+    sequence length, the learning rate multiplied by `seq_len/bptt` for that step (restored after).
+
+    `RNNTrainer(learn, bptt, alpha, beta)` adds itself to `learn`; pass `learn=None` to add it
+    yourself (e.g. in `cbs=`).
+    """
+
+    def __init__(self, learn: Any = None, bptt: int = 70, alpha: float = 0.0, beta: float = 0.0,
+                 adjust: bool = True) -> None:
+        super().__init__(alpha=alpha, beta=beta)
+        if bptt <= 0:
+            raise ValueError(f"RNNTrainer bptt must be a positive sequence length, got {bptt}")
+        self.bptt, self.adjust = bptt, adjust
+        self._saved_lrs: list[float] | None = None
+        if learn is not None:
+            learn.add_cb(self)
+
+    def before_fit(self) -> None:
+        if self.learn.get_cb(RNNCallback) is None:
+            self.learn.add_cb(RNNCallback())  # splits (output, raw, dropped) for the loss and AR/TAR
+        super().before_fit()
+
+    def before_step(self) -> None:
+        if not self.adjust:
+            return
+        seq_len = self.learn.xb[0].shape[1]
+        if seq_len == self.bptt:
+            return
+        opt = self.learn.opt
+        self._saved_lrs = [h["lr"] for h in opt.hypers]
+        opt.set_hyper("lr", [lr * seq_len / self.bptt for lr in self._saved_lrs])
+
+    def _restore(self) -> None:
+        if self._saved_lrs is not None:
+            self.learn.opt.set_hyper("lr", self._saved_lrs)
+            self._saved_lrs = None
+
+    def after_step(self) -> None:
+        self._restore()
+
+    def after_cancel_step(self) -> None:
+        self._restore()

@@ -221,6 +221,8 @@ class Learner:
             cb = cb()
         if not isinstance(cb, Callback):
             raise TypeError(f"cbs must be Callback instances or classes, got {cb!r}")
+        if any(c is cb for c in self._cbs):
+            return self  # e.g. RNNTrainer(learn, ...) already added itself
         check_event_names(cb)
         cb.learn = self
         self._cbs.append(cb)

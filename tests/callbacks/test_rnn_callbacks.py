@@ -1,0 +1,113 @@
+"""RNN callbacks: output splitting, AR/TAR against a hand computation, RNNTrainer's lr rescale."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rnnkit.callbacks.rnn import RNNCallback, RNNRegularizer, RNNTrainer, rnn_cbs
+from rnnkit.data.core import DataLoaders
+from rnnkit.losses import CrossEntropyLossFlat
+from rnnkit.text.learner import TextLearner
+from rnnkit.training.callback import Callback
+from rnnkit.training.learner import Learner
+
+
+class TinyRNN(nn.Module):
+    """Returns (logits, raw, dropped) with dropped = raw * 0.5 so AR and TAR are easy to compute."""
+
+    def __init__(self, as_lists=False):
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.lin = nn.Linear(4, 7)
+        self.as_lists = as_lists
+
+    def forward(self, x):
+        raw = torch.tanh(self.emb(x))  # (bs, seq_len, 4)
+        out = raw * 0.5
+        if self.as_lists:
+            return self.lin(out), [raw * 9, raw], [out * 9, out]
+        return self.lin(out), raw, out
+
+
+def _dls(seq_lens=(5,)):
+    g = torch.Generator().manual_seed(0)
+    items = [(torch.randint(0, 7, (sl,), generator=g), torch.randint(0, 7, (sl,), generator=g))
+             for sl in seq_lens for _ in range(8)]
+    return DataLoaders.from_dsets(items, items[:8], bs=8, shuffle=False, device="cpu")
+
+
+class CaptureLoss(Callback):
+    order = RNNRegularizer.order + 1
+
+    def after_loss(self):
+        if self.training:
+            self.losses = getattr(self, "losses", []) + [(self.learn.loss.item(), self.learn.loss_grad.item(),
+                                                           self.learn.pred, self.learn.xb[0])]
+
+
+@pytest.mark.parametrize("as_lists", [False, True])
+def test_ar_tar_added_to_loss_as_hand_computed(as_lists):
+    model = TinyRNN(as_lists)
+    cap = CaptureLoss()
+    learn = Learner(_dls(), model, loss_func=CrossEntropyLossFlat(), cbs=rnn_cbs(alpha=2.0, beta=1.0) + [cap],
+                    lr=1e-9)
+    learn.fit(1)
+    loss, loss_grad, pred, x = cap.losses[0]
+    assert pred.shape == (8, 5, 7)  # the loss saw only the logits
+    with torch.no_grad():
+        raw = torch.tanh(model.emb(x))
+        out = raw * 0.5
+        expected = loss + 2.0 * out.pow(2).mean().item() + 1.0 * (raw[:, 1:] - raw[:, :-1]).pow(2).mean().item()
+    assert loss_grad == pytest.approx(expected, rel=1e-5)
+
+
+def test_regularizer_skips_validation_and_needs_rnn_callback():
+    cap = CaptureLoss()
+    learn = Learner(_dls(), TinyRNN(), loss_func=CrossEntropyLossFlat(), cbs=rnn_cbs(2.0, 1.0) + [cap])
+    learn.validate()
+    assert not hasattr(cap, "losses")
+    bare = Learner(_dls(), TinyRNN(), loss_func=CrossEntropyLossFlat(), cbs=RNNRegularizer(2.0, 1.0))
+    with pytest.raises(ValueError, match="RNNRegularizer needs RNNCallback"):
+        bare.fit(1)
+
+
+def test_rnn_callback_keeps_raw_and_dropped_of_last_layer():
+    learn = Learner(_dls(), TinyRNN(as_lists=True), loss_func=CrossEntropyLossFlat(), cbs=RNNCallback())
+    learn.fit(1)
+    rnn = learn.rnn
+    assert torch.allclose(rnn.out, rnn.raw_out * 0.5)
+
+
+def test_text_learner_adds_resetter_and_regularizer_with_book_defaults():
+    class WithReset(TinyRNN):
+        def reset(self):
+            pass
+
+    learn = TextLearner(_dls(), WithReset(), loss_func=CrossEntropyLossFlat())
+    reg = learn.get_cb(RNNRegularizer)
+    assert (reg.alpha, reg.beta) == (2.0, 1.0) and learn.moms == (0.8, 0.7, 0.8)
+    assert learn.model_resetter is not None and learn.rnn is not None
+
+
+def test_rnn_trainer_rescales_lr_by_seq_len_for_the_step_and_restores():
+    seen = []
+
+    class Spy(Callback):
+        order = 100
+
+        def before_step(self):
+            seen.append((self.xb[0].shape[1], self.opt.hypers[0]["lr"]))
+
+    learn = Learner(_dls(seq_lens=(5, 10)), TinyRNN(), loss_func=CrossEntropyLossFlat(), lr=0.1, cbs=Spy())
+    trainer = RNNTrainer(learn, bptt=10, alpha=1.0, beta=1.0)
+    assert trainer in learn.cbs
+    learn.add_cb(trainer)  # adding it again is harmless
+    learn.fit(1)
+    assert seen == [(5, pytest.approx(0.05)), (10, pytest.approx(0.1))]
+    assert learn.opt.hypers[0]["lr"] == pytest.approx(0.1)  # restored after each step
+    no_adjust = Learner(_dls(seq_lens=(5,)), TinyRNN(), loss_func=CrossEntropyLossFlat(), lr=0.1, cbs=Spy())
+    seen.clear()
+    RNNTrainer(no_adjust, bptt=10, adjust=False)
+    no_adjust.fit(1)
+    assert seen == [(5, pytest.approx(0.1))]

@@ -5,6 +5,8 @@ Re-exports only: no logic lives here, and nothing inside the package imports thi
 # ruff: noqa: F401, F403
 from functools import partial
 
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -62,7 +62,7 @@ def _sha256(path: Path) -> str:
 
 def capture_rng() -> dict[str, Any]:
     """The state of every random stream training uses (torch CPU/CUDA, numpy, Python), as tensors and lists."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # ('MT19937', keys, pos, has_gauss, cached_gaussian)
     py_state = random.getstate()
     out: dict[str, Any] = {
         "torch": torch.get_rng_state(),

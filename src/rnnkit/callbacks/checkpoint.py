@@ -165,9 +165,5 @@ class Checkpointer(Callback):
         if self.interrupted or self.resume is not None:  # interrupted, or an epoch done before the resume
             return
         dl = self.learn.dls.train
-        loader_state = None
-        if hasattr(dl, "state_dict"):
-            loader_state = dl.state_dict()
-            loader_state = {**loader_state, "epoch": self.learn.epoch + 1, "batch": 0} \
-                if isinstance(loader_state, dict) and "epoch" in loader_state else loader_state
-        self.save(self.learn.epoch + 1, 0, loader_state)
+        # after a whole pass a stateful loader already points at the start of its next epoch
+        self.save(self.learn.epoch + 1, 0, dl.state_dict() if hasattr(dl, "state_dict") else None)

@@ -62,14 +62,15 @@ def test_ar_tar_added_to_loss_as_hand_computed(as_lists):
     assert loss_grad == pytest.approx(expected, rel=1e-5)
 
 
-def test_regularizer_skips_validation_and_needs_rnn_callback():
+def test_regularizer_skips_validation_and_brings_its_rnn_callback():
     cap = CaptureLoss()
     learn = Learner(_dls(), TinyRNN(), loss_func=CrossEntropyLossFlat(), cbs=rnn_cbs(2.0, 1.0) + [cap])
     learn.validate()
     assert not hasattr(cap, "losses")
-    bare = Learner(_dls(), TinyRNN(), loss_func=CrossEntropyLossFlat(), cbs=RNNRegularizer(2.0, 1.0))
-    with pytest.raises(ValueError, match="RNNRegularizer needs RNNCallback"):
-        bare.fit(1)
+    # the book passes RNNRegularizer alone: it adds the RNNCallback it needs
+    bare = Learner(_dls(), TinyRNN(), loss_func=CrossEntropyLossFlat(), cbs=[RNNRegularizer(2.0, 1.0), cap])
+    bare.fit(1)
+    assert bare.get_cb(RNNCallback) is not None and cap.losses[0][2].shape == (8, 5, 7)
 
 
 def test_rnn_callback_keeps_raw_and_dropped_of_last_layer():

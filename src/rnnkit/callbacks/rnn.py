@@ -62,8 +62,10 @@ class RNNRegularizer(Callback):
     def before_fit(self) -> None:
         self._rnn = self.learn.get_cb(RNNCallback)
         if self._rnn is None:
-            raise ValueError("RNNRegularizer needs RNNCallback to run first; add RNNCallback() "
-                             "or use rnn_cbs(alpha, beta).")
+            # The book passes RNNRegularizer alone (`cbs=[ModelReseter, RNNRegularizer(...)]`):
+            # add the splitter it depends on rather than fail.
+            self._rnn = RNNCallback()
+            self.learn.add_cb(self._rnn)
 
     def after_loss(self) -> None:
         if not self.learn.training:
@@ -100,11 +102,6 @@ class RNNTrainer(RNNRegularizer):
         self._saved_lrs: list[float] | None = None
         if learn is not None:
             learn.add_cb(self)
-
-    def before_fit(self) -> None:
-        if self.learn.get_cb(RNNCallback) is None:
-            self.learn.add_cb(RNNCallback())  # splits (output, raw, dropped) for the loss and AR/TAR
-        super().before_fit()
 
     def before_step(self) -> None:
         if not self.adjust:

@@ -22,4 +22,5 @@ from rnnkit.training.events import *
 from rnnkit.training.learner import Learner, load_model_state, norm_bias_params, trainable_params
 from rnnkit.training.recorder import Recorder
 from rnnkit.utils import *
-from rnnkit.text.learner import TextLearner
+from rnnkit.models import *
+from rnnkit.text.learner import LMLearner, TextLearner, awd_lstm_lm_split, language_model_learner

@@ -1,73 +1,213 @@
-"""Command line: `rnnkit train` trains a language model with one command."""
+"""The `rnnkit` command: train, evaluate, generate and find a learning rate, with one line of
+explanation and exit code 2 for every user mistake."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, NoReturn, Sequence
 
 __all__ = ["main", "build_parser"]
 
-
-def _positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {s}")
-    return v
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake in one line instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS  # only options given on the command line override the config file
+    g = p.add_argument_group("data")
+    g.add_argument("--corpus", default=S, help="human_numbers (default), ptb, wikitext-2, wikitext-103, "
+                                                "tinyshakespeare, or folder (train.txt/valid.txt)")
+    g.add_argument("--data", default=S, help="folder of the corpus files")
+    g.add_argument("--bs", type=int, default=S, help="batch size (default 64)")
+    g.add_argument("--bptt", type=int, default=S, help="sequence length (default 16)")
+    g.add_argument("--random-bptt", action="store_true", default=S, help="AWD-LSTM's variable sequence length")
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default=S, help="small (CPU, default), fastai, or paper")
+    for name in ("emb-sz", "n-hid", "n-layers"):
+        g.add_argument(f"--{name}", type=int, default=S, help=f"override the preset's {name}")
+    g.add_argument("--drop-mult", type=float, default=S, help="scale all dropouts")
+    for name in ("output-p", "hidden-p", "input-p", "embed-p", "weight-p"):
+        g.add_argument(f"--{name}", type=float, default=S, help=f"override the preset's {name}")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=S, help="number of epochs (default 15)")
+    g.add_argument("--lr", type=float, default=S, help="peak learning rate (default 1e-2)")
+    g.add_argument("--lr-find", action="store_true", default=S, help="run the LR finder and use its suggestion")
+    g.add_argument("--schedule", default=S, help="one_cycle (default), flat_cos or constant")
+    g.add_argument("--wd", type=float, default=S, help="weight decay (default 0.1)")
+    g.add_argument("--alpha", type=float, default=S, help="AR scale (default 2)")
+    g.add_argument("--beta", type=float, default=S, help="TAR scale (default 1)")
+    g.add_argument("--clip", type=float, default=S, help="gradient clipping norm")
+    g.add_argument("--optimizer", default=S, help="adam (default) or sgd")
+    g.add_argument("--ntasgd", action="store_true", default=S, help="NT-ASGD weight averaging (AWD-LSTM)")
+    g.add_argument("--seed", type=int, default=S, help="random seed (default 42)")
+    g.add_argument("--threads", type=int, default=S, help="torch CPU threads")
+    g.add_argument("--precision", default=S, help="fp32 (default), bf16 or fp16")
+    g.add_argument("--checkpoint-every", type=int, default=S, help="also checkpoint every N batches")
+    g.add_argument("--out", default=S, help="run folder (default runs/latest)")
+    p.add_argument("--config", type=Path, help="TOML or YAML file of the same options (command line wins)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `rnnkit` command."""
-    p = argparse.ArgumentParser(prog="rnnkit", description="Train recurrent language models.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    t = sub.add_parser("train", help="train a language model (default: an LSTM on Human Numbers)",
-                       description="Train the chapter-12 regularized LSTM (LMModel7 with dropout, "
-                                   "AR/TAR and weight tying) on Human Numbers, generated locally.")
-    t.add_argument("--epochs", type=_positive_int, default=15, help="number of epochs (default 15)")
-    t.add_argument("--lr", type=_positive_float, default=1e-2, help="peak learning rate of the 1cycle schedule")
-    t.add_argument("--wd", type=float, default=0.1, help="weight decay (default 0.1)")
-    t.add_argument("--bs", type=_positive_int, default=64, help="batch size")
-    t.add_argument("--bptt", type=_positive_int, default=16, help="sequence length")
-    t.add_argument("--n-hidden", type=_positive_int, default=64, help="LSTM hidden size")
-    t.add_argument("--n-layers", type=_positive_int, default=2, help="LSTM layers")
-    t.add_argument("--dropout", type=float, default=0.4, help="output dropout")
-    t.add_argument("--seed", type=int, default=42, help="random seed")
-    t.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    t.add_argument("--out", type=Path, default=Path("runs/human_numbers"), help="output folder")
+    p = _Parser(prog="rnnkit", description="Train, evaluate and sample recurrent language models.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    t = sub.add_parser("train", help="train a language model (default: AWD-LSTM on Human Numbers)",
+                       description="Train an AWD-LSTM language model. With no arguments: Human Numbers "
+                                   "(generated locally), a CPU-sized model, a few minutes on 2 cores.")
+    _add_train_options(t)
+    t.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    t.add_argument("--no-sample", action="store_true", help="do not print a generated sample at the end")
+    e = sub.add_parser("evaluate", help="loss, perplexity and accuracy of a run on a split")
+    e.add_argument("run", type=Path, metavar="RUN")
+    e.add_argument("--split", default="valid", choices=["valid", "test", "train"])
+    e.add_argument("--data", help="folder of the corpus, if it moved since training")
+    e.add_argument("--bs", type=int, help="evaluation batch size (default: the run's)")
+    g = sub.add_parser("generate", help="continue a text with a trained run")
+    g.add_argument("run", type=Path, metavar="RUN")
+    g.add_argument("prompt")
+    g.add_argument("--n-words", type=int, default=40)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    g.add_argument("--seed", type=int, default=None)
+    f = sub.add_parser("lr-find", help="run the LR range test and write its plot",
+                       description="Run the LR finder with the training options and write lr_find.png.")
+    _add_train_options(f)
     return p
 
 
+def _config(args: argparse.Namespace) -> Any:
+    from rnnkit.config import config_from_mapping, load_config_file
+
+    cfg = config_from_mapping(load_config_file(args.config), source=str(args.config)) if args.config \
+        else config_from_mapping({})
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("command", "config", "resume", "overwrite", "no_sample")}
+    return config_from_mapping(given, base=cfg, source="command line").validate()
+
+
+def _sample_prompt(learn: Any, cfg: Any) -> str:
+    if cfg.corpus == "human_numbers":
+        return "one thousand two hundred"
+    x, _ = learn.dls.valid.one_batch()
+    return learn.dls.decode(x[0][:8])
+
+
 def _train(args: argparse.Namespace) -> int:
+    from rnnkit.config import config_from_mapping
+    from rnnkit.run import RunError, prepare_run_folder, train
+
+    if args.resume is not None:
+        import json
+
+        from rnnkit.run import is_run
+
+        run = args.resume
+        extra = [k for k in vars(args) if k not in ("command", "config", "resume", "overwrite", "no_sample",
+                                                     "threads")]
+        if extra or args.config:
+            raise RunError(f"--resume continues {run} with its saved config; drop --{extra[0].replace('_', '-')}"
+                           if extra else f"--resume continues {run} with its saved config; drop --config")
+        if not is_run(run):
+            raise RunError(f"{run} is not a run folder (no rnnkit-run.json); nothing to resume")
+        cfg = config_from_mapping(json.loads((run / "config.json").read_text(encoding="utf-8")),
+                                  source=str(run / "config.json"))
+        cfg.out = str(run)
+        if getattr(args, "threads", None):
+            cfg.threads = args.threads
+    else:
+        cfg = _config(args)
+        prepare_run_folder(Path(cfg.out), args.overwrite)
+    start = time.time()
+    res = train(cfg, resume=args.resume is not None)
+    run = res["run"]
+    if res["state"] == "interrupted":
+        print(f"Interrupted: saved a checkpoint in {res['checkpoint']}. Continue with: "
+              f"rnnkit train --resume {run}")
+        return EXIT_INTERRUPTED
+    if res["state"] == "nan":
+        kept = f"the last good checkpoint is kept in {run / 'checkpoints'}" if (run / "checkpoints").exists() \
+            else "no checkpoint had been saved yet"
+        print(f"rnnkit: error: the loss became NaN or infinite; training stopped and {kept}. "
+              "Lower --lr or set --clip.", file=sys.stderr)
+        return EXIT_USAGE
+    m = res["metrics"]
+    print(f"valid: loss {m['loss']:.4f}  perplexity {m['perplexity']:.3f}  accuracy {m['accuracy']:.4f}  "
+          f"({time.time() - start:.0f}s)")
+    if not args.no_sample:
+        prompt = _sample_prompt(res["learn"], cfg)
+        print(f"sample: {res['learn'].predict(prompt, n_words=24, temperature=0.5, seed=cfg.seed)}")
+    print(f"Saved the run to {run}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rnnkit.run import RunError, load_run
+
+    cfg, learn = load_run(args.run, data=args.data)
+    if args.split == "test":
+        from rnnkit.data.lm_loader import LMDataLoader
+        from rnnkit.data.corpora import read_corpus
+
+        corpus = read_corpus(cfg.corpus, cfg.data)
+        if "test" not in corpus.splits:
+            raise RunError(f"corpus {cfg.corpus} has no test split; use --split valid")
+        dl = LMDataLoader(corpus["test"], bs=args.bs or cfg.bs, seq_len=cfg.bptt)
+    else:
+        dl = learn.dls.train.new(shuffle=False, random_bptt=False) if args.split == "train" else learn.dls.valid
+        if args.bs:
+            dl = dl.new(bs=args.bs)
+    m = learn.evaluate_lm(dl=dl)
+    print(f"{args.split}: loss {m['loss']:.4f}  perplexity {m['perplexity']:.3f}  "
+          f"accuracy {m['accuracy']:.4f}  ({m['tokens']:,} tokens)")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from rnnkit.run import load_run
+
+    if args.n_words < 0 or args.temperature < 0:
+        raise ValueError("--n-words and --temperature must be >= 0")
+    _, learn = load_run(args.run, need_data=False)
+    print(learn.predict(args.prompt, n_words=args.n_words, temperature=args.temperature, seed=args.seed))
+    return 0
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+
+    from rnnkit.run import build_dls, build_learner
+
+    cfg = _config(args)
+    out = Path(cfg.out if "out" in vars(args) else "runs/lr_find")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.out = str(out)
     import torch
 
-    from rnnkit.data.human_numbers import human_numbers_lm_dls
-    from rnnkit.losses import CrossEntropyLossFlat
-    from rnnkit.metrics import accuracy
-    from rnnkit.models.book import LMModel7
-    from rnnkit.text.learner import TextLearner
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    dls, vocab = human_numbers_lm_dls(bs=args.bs, sl=args.bptt)
-    model = LMModel7(len(vocab), args.n_hidden, args.n_layers, args.dropout)
-    learn = TextLearner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy,
-                        path=args.out, model_dir=".")
-    start = time.time()
-    learn.fit_one_cycle(args.epochs, args.lr, wd=args.wd)
-    saved = learn.save("model")
-    loss, acc = learn.validate()
-    print(f"valid_loss {loss:.4f}  accuracy {acc:.4f}  ({time.time() - start:.0f}s)")
-    print(f"Saved the model to {saved}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    learn = build_learner(cfg, build_dls(cfg))
+    res = learn.lr_find(show_plot=True, suggest_funcs=_suggest_funcs())
+    plt.gcf().savefig(out / "lr_find.png")
+    print("  ".join(f"{k}: {v:.2e}" for k, v in res._asdict().items()))
+    print(f"Saved the plot to {out / 'lr_find.png'}")
     return 0
+
+
+def _suggest_funcs() -> tuple:
+    from rnnkit.schedules import minimum, slide, steep, valley
+
+    return (valley, slide, minimum, steep)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,14 +216,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    from rnnkit.checkpoint import CheckpointError
+    from rnnkit.config import ConfigError
+
+    # TerminateOnNaNCallback warns; the command prints its own one-line message instead.
+    warnings.filterwarnings("ignore", message="Loss is .* training stopped", category=RuntimeWarning)
+    handlers = {"train": _train, "evaluate": _evaluate, "generate": _generate, "lr-find": _lr_find}
     try:
-        if args.command == "train":
-            return _train(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"rnnkit: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return handlers[args.command](args)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"rnnkit {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

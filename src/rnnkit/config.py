@@ -41,14 +41,14 @@ class TrainConfig:
     bs: int = 64  # batch size (rows of the token stream)
     bptt: int = 16  # base sequence length
     random_bptt: bool = False  # AWD-LSTM's variable sequence length (with lr rescaling)
-    epochs: int = 10
-    lr: float = 3e-3  # peak learning rate of the schedule
+    epochs: int = 15
+    lr: float = 1e-2  # peak learning rate of the schedule
     lr_find: bool = False  # run the LR finder first and use its 'valley' suggestion
     schedule: str = "one_cycle"  # one_cycle, flat_cos or constant
     wd: float = 0.1  # weight decay (decoupled)
     alpha: float = 2.0  # AR scale
     beta: float = 1.0  # TAR scale
-    clip: float | None = 0.25  # gradient clipping norm (None: no clipping)
+    clip: float | None = None  # gradient clipping norm (None: no clipping; AWD-LSTM used 0.25)
     optimizer: str = "adam"  # adam or sgd
     ntasgd: bool = False  # non-monotonically triggered averaged SGD (AWD-LSTM)
     seed: int = 42

@@ -2,6 +2,8 @@
 from rnnkit.callbacks.clip import GradientClip
 from rnnkit.callbacks.csv_logger import CSVLogger
 from rnnkit.callbacks.fp16 import MixedPrecision
+from rnnkit.callbacks.ntasgd import NTASGD
+from rnnkit.callbacks.checkpoint import Checkpointer
 from rnnkit.callbacks.preds import GatherPredsCallback
 from rnnkit.callbacks.progress import ProgressCallback
 from rnnkit.callbacks.rnn import ModelReseter, ModelResetter, RNNCallback, RNNRegularizer, RNNTrainer, rnn_cbs
@@ -10,7 +12,7 @@ from rnnkit.callbacks.tracker import (
     EarlyStoppingCallback, SaveModelCallback, TerminateOnNaNCallback, TrackerCallback,
 )
 
-__all__ = [
+__all__ = ["NTASGD", "Checkpointer", 
     "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback", "ProgressCallback",
     "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs", "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",
     "EarlyStoppingCallback", "SaveModelCallback", "TerminateOnNaNCallback", "TrackerCallback",

@@ -143,8 +143,11 @@ class Checkpointer(Callback):
                 state[f"cb:{type(cb).__name__}"] = cb.state_dict()
         return state
 
-    def save(self, next_epoch: int, batch_in_epoch: int, loader_state: Any) -> Path:
-        """Write a checkpoint now."""
+    def save(self, next_epoch: int, batch_in_epoch: int, loader_state: Any) -> Path | None:
+        """Write a checkpoint now; never over a good one with weights that overflowed (stop instead)."""
+        if not all(bool(p.isfinite().all()) for p in self.learn.model.parameters()):
+            self.learn.nan_stopped = True
+            raise CancelFitException()
         self.last_path = save_checkpoint(self.ckpt_dir, self.learn.model, self.learn.opt.state_dict(),
                                          self.trainer_state(next_epoch, batch_in_epoch, loader_state))
         return self.last_path

@@ -25,7 +25,7 @@ class TerminateOnNaNCallback(Callback):
     def after_batch(self) -> None:
         loss = self.learn.loss
         if not bool(loss.isfinite().all()):
-            warnings.warn(f"Loss is {float(loss.float().mean())} at epoch {self.learn.epoch}, "
+            warnings.warn(f"Loss is {float(loss.detach().float().mean())} at epoch {self.learn.epoch}, "
                           f"batch {self.learn.iter}: training stopped. Lower the learning rate "
                           "or add GradientClip.", RuntimeWarning, stacklevel=2)
             self.learn.nan_stopped = True

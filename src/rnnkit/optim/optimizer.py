@@ -4,12 +4,14 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections import defaultdict
-from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from rnnkit.optim.foreach import IMPLS, _explain_stepper_error, _stepper_defaults, batched_step
+from rnnkit.optim.foreach import step_path as _step_path
 
 __all__ = ["Optimizer", "OptimWrapper"]
 
@@ -68,40 +70,6 @@ def _as_param_lists(params: Any) -> list[list[Tensor]]:
         raise ValueError("Some parameters appear more than once in the parameter groups; give "
                          "each parameter to exactly one group.")
     return groups
-
-
-def _stepper_name(cb: Stepper) -> str:
-    return f"partial({_stepper_name(cb.func)})" if isinstance(cb, partial) else getattr(
-        cb, "__name__", type(cb).__name__)
-
-
-def _stepper_defaults(cb: Stepper) -> dict[str, Any]:
-    """The `.defaults` of a stepper, looking through `functools.partial`."""
-    defaults = getattr(cb, "defaults", None)
-    if defaults is None and isinstance(cb, partial):
-        return _stepper_defaults(cb.func)
-    return dict(defaults or {})
-
-
-def _explain_stepper_error(cb: Stepper, kwargs: dict[str, Any]) -> str | None:
-    """Why calling `cb(p, **kwargs)` could not bind its arguments, or None if it could."""
-    try:
-        params = list(inspect.signature(cb).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    named = [q for q in params[1:] if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
-    missing = [q.name for q in named if q.default is q.empty and q.name not in kwargs]
-    name = _stepper_name(cb)
-    if missing:
-        keys = ", ".join(f"'{m}'" for m in missing)
-        return (f"Stepper `{name}` needs {keys}, but neither the optimizer's hyper-parameters nor "
-                f"the parameter's state supply it. Pass it to the optimizer (e.g. "
-                f"Optimizer(params, cbs, {missing[0]}=...)), give it a default with "
-                f"@stepper({missing[0]}=...), or put a stepper that creates it earlier in cbs.")
-    if not any(q.kind == q.VAR_KEYWORD for q in params):
-        return (f"Stepper `{name}` is called with every hyper-parameter and state key as a keyword "
-                f"({', '.join(sorted(kwargs))}) but has no `**kwargs`; add `**_` to its signature.")
-    return None
 
 
 class _BaseOptimizer:
@@ -171,7 +139,14 @@ class _BaseOptimizer:
 
 
 class Optimizer(_BaseOptimizer):
-    """An optimizer whose update is the steppers `cbs` applied in order to each parameter."""
+    """An optimizer whose update is the steppers `cbs` applied in order to each parameter.
+
+    `step` runs a fused kernel or the steppers' foreach twins when the chain has them, else
+    each stepper on each parameter (see `rnnkit.optim.foreach`); set `impl` to 'foreach' or
+    'per_param' to force a slower path.
+    """
+
+    _impl = "auto"
 
     def __init__(self, params: Iterable[Tensor] | Iterable[Sequence[Tensor]],
                  cbs: Stepper | Iterable[Stepper], train_bn: bool = True, **defaults: Any) -> None:
@@ -184,6 +159,7 @@ class Optimizer(_BaseOptimizer):
         self.state = defaultdict(dict)
         self.frozen_idx = 0
         self.hypers = [{} for _ in self.param_lists]
+        self._plan: Any = None  # how the batched path buckets the parameters; see foreach.py
         merged: dict[str, Any] = {}
         for cb in self.cbs:
             merged.update(_stepper_defaults(cb))
@@ -192,6 +168,22 @@ class Optimizer(_BaseOptimizer):
     def _set_hyper(self, k: str, values: list[Any]) -> None:
         for hyper, v in zip(self.hypers, values):
             hyper[k] = v
+
+    @property
+    def impl(self) -> str:
+        """'auto' (fused kernel, else foreach twins, else per parameter), 'foreach' or 'per_param'."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, v: str) -> None:
+        if v not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {v!r}.")
+        self._impl = v
+
+    @property
+    def step_path(self) -> str:
+        """The path `step` takes with these steppers: 'fused', 'foreach' or 'per_param'."""
+        return _step_path(self.cbs, self.impl)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -223,6 +215,11 @@ class Optimizer(_BaseOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not batched_step(self):
+            self._step_per_param()
+        return loss
+
+    def _step_per_param(self) -> None:
         for i, (pl, hyper) in enumerate(zip(self.param_lists, self.hypers)):
             frozen = i < self.frozen_idx
             for p in pl:
@@ -233,7 +230,6 @@ class Optimizer(_BaseOptimizer):
                     new_state = self._call(cb, p, {**state, **hyper})
                     if isinstance(new_state, dict):
                         state.update(new_state)
-        return loss
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Zero the gradients (or drop them if `set_to_none`)."""

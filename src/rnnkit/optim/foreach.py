@@ -1,0 +1,288 @@
+"""How `Optimizer.step` dispatches: fused kernels, foreach twins, or the per-parameter protocol.
+
+For each call of `step`, looking at the optimizer's chain of steppers `cbs`:
+1. if `impl == 'auto'` and the chain is a standard recipe with a fused kernel (`fused.py`),
+   one fused call per bucket of parameters;
+2. else, if every stepper has a batched twin (`stepper.foreach`, also through a
+   `functools.partial`), the twins in order, once per bucket;
+3. else (a user-written stepper such as the seed's `sgd_cb`), every stepper on every
+   parameter as `cb(p, **{**state, **hypers})`: the protocol user steppers are written for.
+
+A bucket holds the parameters of one group that have a gradient and share device, dtype, the
+same non-tensor state values (`step`, `do_wd`, `force_train` ...) and the same tensor-state
+keys. A twin therefore gets the stepper's keywords with one value for the non-tensor state and a
+list for each tensor, and `do_wd=False` parameters (biases, norm weights) get no weight decay.
+Frozen groups are skipped, except `force_train` parameters when `train_bn`.
+
+Working the buckets out costs Python time per parameter, so it is done once and kept in a
+plan; each step re-checks the plan with C-level `map`s (gradients present, state keys and
+non-tensor values unchanged) and rebuilds it when anything moved. Hyper-parameters are read
+from `opt.hypers` on every step as plain floats, so schedules and discriminative lrs need no
+rebuild and no `.item()`.
+
+State keeps the per-parameter layout on every path: `opt.state[p]` holds tensors under the
+steppers' keys and `step` as a Python int, so inspection, `state_dict()` and
+`load_state_dict()` (with `weights_only=True`) do not depend on the path that made it.
+"""
+from __future__ import annotations
+
+import inspect
+import operator
+from functools import partial
+from itertools import chain, repeat
+from operator import attrgetter, itemgetter
+from typing import Any, Callable, Sequence
+
+from torch import Tensor
+
+from rnnkit.optim.fused import FUSED_DTYPES, fused_form
+
+__all__ = ["batched_form", "batched_step", "step_path", "IMPLS"]
+
+Stepper = Callable[..., Any]
+IMPLS = ("auto", "foreach", "per_param")
+_GRAD = attrgetter("grad")
+_IS_NONE = partial(operator.is_, None)
+_FORCE_TRAIN = operator.methodcaller("get", "force_train", False)
+
+
+def _stepper_name(cb: Stepper) -> str:
+    return f"partial({_stepper_name(cb.func)})" if isinstance(cb, partial) else getattr(
+        cb, "__name__", type(cb).__name__)
+
+
+def _stepper_defaults(cb: Stepper) -> dict[str, Any]:
+    """The `.defaults` of a stepper, looking through `functools.partial`."""
+    defaults = getattr(cb, "defaults", None)
+    if defaults is None and isinstance(cb, partial):
+        return _stepper_defaults(cb.func)
+    return dict(defaults or {})
+
+
+def _explain_stepper_error(cb: Stepper, kwargs: dict[str, Any]) -> str | None:
+    """Why calling `cb(p, **kwargs)` could not bind its arguments, or None if it could."""
+    try:
+        params = list(inspect.signature(cb).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    named = [q for q in params[1:] if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
+    missing = [q.name for q in named if q.default is q.empty and q.name not in kwargs]
+    name = _stepper_name(cb)
+    if missing:
+        keys = ", ".join(f"'{m}'" for m in missing)
+        return (f"Stepper `{name}` needs {keys}, but neither the optimizer's hyper-parameters nor "
+                f"the parameter's state supply it. Pass it to the optimizer (e.g. "
+                f"Optimizer(params, cbs, {missing[0]}=...)), give it a default with "
+                f"@stepper({missing[0]}=...), or put a stepper that creates it earlier in cbs.")
+    if not any(q.kind == q.VAR_KEYWORD for q in params):
+        return (f"Stepper `{name}` is called with every hyper-parameter and state key as a keyword "
+                f"({', '.join(sorted(kwargs))}) but has no `**kwargs`; add `**_` to its signature.")
+    return None
+
+
+def batched_form(cb: Stepper) -> Stepper | None:
+    """The batched twin of stepper `cb` (seeing through `functools.partial`), or None."""
+    if isinstance(cb, partial):
+        twin = batched_form(cb.func)
+        return None if twin is None or cb.args else partial(twin, **cb.keywords)
+    return getattr(cb, "foreach", None)
+
+
+def step_path(cbs: Sequence[Stepper], impl: str = "auto") -> str:
+    """Which path `Optimizer.step` takes for the chain `cbs`: 'fused', 'foreach' or 'per_param'."""
+    if impl == "per_param" or any(batched_form(cb) is None for cb in cbs):
+        return "per_param"
+    return "fused" if impl == "auto" and fused_form(cbs) is not None else "foreach"
+
+
+def _run_twins(cbs: Sequence[Stepper], twins: Sequence[Stepper], ps: list[Tensor],
+               grads: list[Tensor], state: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:
+    """Run the twins in order as the per-parameter path runs the steppers; return the new state."""
+    new: dict[str, Any] = {}
+    for cb, twin in zip(cbs, twins):
+        kwargs = {**state, **hyper}
+        try:
+            out = twin(ps, grads, **kwargs)
+        except TypeError as e:
+            reason = _explain_stepper_error(cb, kwargs)
+            if reason is None:
+                raise
+            raise ValueError(reason) from e
+        if isinstance(out, dict):
+            state.update(out)
+            new.update(out)
+    return new
+
+
+def _required_keywords(f: Stepper) -> frozenset[str]:
+    """Keyword-only parameters of `f` that have no default (a partial's keywords count as given)."""
+    params = inspect.signature(f).parameters.values()
+    return frozenset(q.name for q in params if q.kind == q.KEYWORD_ONLY and q.default is q.empty)
+
+
+def _run_fused(cbs: Sequence[Stepper], twins: Sequence[Stepper], fused: Stepper,
+               needs: frozenset[str], ps: list[Tensor], grads: list[Tensor], state: dict[str, Any],
+               hyper: dict[str, Any]) -> dict[str, Any]:
+    """The fused kernel; the twins when it cannot run (they say which keyword is missing)."""
+    kwargs = {**state, **hyper}
+    new = fused(ps, grads, **kwargs) if needs <= kwargs.keys() else None
+    return _run_twins(cbs, twins, ps, grads, state, hyper) if new is None else new
+
+
+class _Bucket:
+    """Parameters stepped together, and the state layout they shared when last checked."""
+
+    def __init__(self, group: int, flags: dict[str, Any], tensor_keys: Sequence[str],
+                 fused: bool) -> None:
+        self.group, self.fused = group, fused
+        self.params: list[Tensor] = []
+        self.set_layout(flags, tensor_keys)
+
+    def set_layout(self, flags: dict[str, Any], tensor_keys: Sequence[str]) -> None:
+        self.flags = flags
+        self.tensor_keys = list(tensor_keys)
+        self.getters = [itemgetter(k) for k in self.tensor_keys]
+        self.n_keys = len(flags) + len(self.tensor_keys)
+        keys = sorted(flags)
+        self.flag_getter = itemgetter(*keys) if keys else None
+        self.flag_values = itemgetter(*keys)(flags) if keys else None
+
+    def gather(self, state: Any) -> tuple[list[Tensor], list[dict[str, Any]], dict[str, Any]] | None:
+        """Gradients, state dicts and state as keywords, or None if the layout changed."""
+        ps = self.params
+        grads = list(map(_GRAD, ps))
+        if any(map(_IS_NONE, grads)):
+            return None
+        sts = list(map(state.__getitem__, ps))
+        n = len(sts)
+        if list(map(len, sts)).count(self.n_keys) != n:
+            return None
+        if self.flag_getter is not None and list(map(self.flag_getter, sts)).count(self.flag_values) != n:
+            return None
+        kwargs = dict(self.flags)
+        for k, get in zip(self.tensor_keys, self.getters):
+            ts = list(map(get, sts))
+            if not all(map(isinstance, ts, repeat(Tensor))):
+                return None
+            kwargs[k] = ts
+        return grads, sts, kwargs
+
+    def write_back(self, sts: list[dict[str, Any]], old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Store the new state in each parameter's dict and remember the layout."""
+        for k, v in new.items():
+            if isinstance(v, list):
+                if v is not old.get(k):
+                    for st, t in zip(sts, v):
+                        st[k] = t
+            else:
+                for st in sts:
+                    st[k] = v
+        if new:
+            flags = {k: v for k, v in {**self.flags, **new}.items() if not isinstance(v, list)}
+            made = [k for k, v in new.items() if isinstance(v, list)]
+            self.set_layout(flags, sorted({*self.tensor_keys, *made}))
+
+
+class _Plan:
+    """The buckets of one optimizer, and what must stay true for them to be right."""
+
+    def __init__(self, key: tuple[Any, ...], cbs: Sequence[Stepper], impl: str) -> None:
+        self.key = key
+        self.cbs = list(cbs)
+        self.path = step_path(cbs, impl)
+        self.twins = [twin for cb in cbs if (twin := batched_form(cb)) is not None]
+        self.fused = fused_form(cbs) if self.path == "fused" else None
+        self.fused_needs = frozenset() if self.fused is None else _required_keywords(self.fused)
+        self.buckets: list[_Bucket] = []
+        self.idle: list[Tensor] = []  # no gradient when planned: must still have none
+        self.frozen: list[Tensor] = []  # skipped as frozen: their force_train must not change
+        self.frozen_flags: list[Any] = []
+        self.built = False
+
+    def build(self, opt: Any) -> bool:
+        """Sort the parameters into buckets; False if some parameter needs the per-parameter path."""
+        state = opt.state
+        by_key: dict[Any, _Bucket] = {}
+        for gi, pl in enumerate(opt.param_lists):
+            frozen = gi < opt.frozen_idx
+            for p in pl:
+                st = state[p]
+                if frozen and not (opt.train_bn and st.get("force_train", False)):
+                    self.frozen.append(p)
+                    continue
+                g = p.grad
+                if g is None:
+                    self.idle.append(p)
+                    continue
+                if g.layout != p.layout or p.is_complex():
+                    return False
+                flags = {k: v for k, v in st.items() if not isinstance(v, Tensor)}
+                tensor_keys = tuple(sorted(k for k, v in st.items() if isinstance(v, Tensor)))
+                try:
+                    bkey = (gi, p.device, p.dtype, tensor_keys, tuple(sorted(flags.items())))
+                    bucket = by_key.get(bkey)
+                except TypeError:  # an unhashable state value
+                    return False
+                if bucket is None:
+                    fused = (self.fused is not None and p.dtype in FUSED_DTYPES
+                             and p.device.type in ("cpu", "cuda"))
+                    bucket = by_key[bkey] = _Bucket(gi, flags, tensor_keys, fused)
+                bucket.params.append(p)
+        self.buckets = list(by_key.values())
+        self.frozen_flags = list(map(_FORCE_TRAIN, map(state.__getitem__, self.frozen)))
+        return True
+
+    def gather(self, opt: Any) -> list[tuple[_Bucket, Any]] | None:
+        """Every bucket's gradients and state, or None if the plan no longer fits."""
+        state = opt.state
+        try:
+            if self.idle and not all(map(_IS_NONE, map(_GRAD, self.idle))):
+                return None
+            frozen_flags = list(map(_FORCE_TRAIN, map(state.__getitem__, self.frozen)))
+            if frozen_flags != self.frozen_flags:
+                return None
+            work = []
+            for b in self.buckets:
+                got = b.gather(state)
+                if got is None:
+                    return None
+                work.append((b, got))
+            return work
+        except KeyError:
+            return None
+
+
+def _plan_key(opt: Any) -> tuple[Any, ...]:
+    return (id(opt.state), opt.frozen_idx, opt.train_bn, opt.impl, tuple(map(id, opt.cbs)),
+            tuple(map(len, opt.param_lists)), tuple(map(id, chain.from_iterable(opt.param_lists))))
+
+
+def batched_step(opt: Any) -> bool:
+    """Step `opt` with fused kernels or foreach twins; False if its chain needs the per-parameter path."""
+    key = _plan_key(opt)
+    plan: _Plan | None = getattr(opt, "_plan", None)
+    if plan is not None and plan.key == key and plan.path == "per_param":
+        return False
+    work = None
+    for fresh in (False, True):  # the kept plan, then (if something moved) a new one
+        if fresh or plan is None or plan.key != key or not plan.built:
+            plan = opt._plan = _Plan(key, opt.cbs, opt.impl)
+            plan.built = plan.path != "per_param" and plan.build(opt)
+        if not plan.built:
+            return False
+        work = plan.gather(opt)
+        if work is not None:
+            break
+    if work is None or plan is None:
+        return False
+    for b, (grads, sts, kwargs) in work:
+        hyper = opt.hypers[b.group]
+        old = dict(kwargs)
+        if b.fused:
+            assert plan.fused is not None
+            new = _run_fused(plan.cbs, plan.twins, plan.fused, plan.fused_needs, b.params, grads,
+                             kwargs, hyper)
+        else:
+            new = _run_twins(plan.cbs, plan.twins, b.params, grads, kwargs, hyper)
+        b.write_back(sts, old, new)
+    return True

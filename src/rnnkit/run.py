@@ -1,0 +1,246 @@
+"""Runs: build data, model and learner from a `TrainConfig`, train with checkpoints into a run
+folder, and load a run folder back to evaluate or generate.
+
+A run folder holds::
+
+    rnnkit-run.json     marks the folder as a run (format version, state: running/done/...)
+    config.json         the configuration actually used
+    vocab.json          the vocabulary
+    model.safetensors   the final weights (written at the end of training)
+    checkpoints/        LATEST + ckpt-N/ (weights, optimizer, RNG, loader and schedule position)
+    metrics.csv         one row per epoch
+    loss.png, lr_schedule.png, lr_find.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from rnnkit.callbacks.checkpoint import Checkpointer
+from rnnkit.callbacks.clip import GradientClip
+from rnnkit.callbacks.csv_logger import CSVLogger
+from rnnkit.callbacks.ntasgd import NTASGD
+from rnnkit.callbacks.rnn import RNNTrainer
+from rnnkit.callbacks.tracker import TerminateOnNaNCallback
+from rnnkit.checkpoint import (
+    CheckpointError, atomic_write_text, latest_checkpoint, load_checkpoint, load_weights,
+    model_state_for_save,
+)
+from rnnkit.config import TrainConfig, config_from_mapping
+from rnnkit.data.corpora import read_corpus
+from rnnkit.data.text import TextDataLoaders
+from rnnkit.data.tokenize import Tokenizer
+from rnnkit.data.vocab import Vocab
+from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS, AWDLSTMConfig
+from rnnkit.optim.recipes import SGD, Adam
+from rnnkit.text.learner import LMLearner, language_model_learner
+
+__all__ = ["RunError", "RUN_MARKER", "prepare_run_folder", "build_learner", "train", "load_run",
+           "model_config"]
+
+log = logging.getLogger(__name__)
+RUN_MARKER = "rnnkit-run.json"
+_TOKENIZER_OF = {"human_numbers": "whitespace", "ptb": "pretokenized", "wikitext-2": "pretokenized",
+                 "wikitext-103": "pretokenized", "tinyshakespeare": "char", "folder": "word"}
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as asked; the message says why and what to do."""
+
+
+def model_config(cfg: TrainConfig) -> AWDLSTMConfig:
+    """The AWD-LSTM config of a training config: the preset with the overrides applied."""
+    base = AWD_LSTM_CONFIGS[cfg.preset]
+    over = {k: getattr(cfg, k) for k in ("emb_sz", "n_hid", "n_layers", "output_p", "hidden_p",
+                                         "input_p", "embed_p", "weight_p") if getattr(cfg, k) is not None}
+    return dataclasses.replace(base, **over)
+
+
+def _write_marker(run: Path, state: str) -> None:
+    atomic_write_text(run / RUN_MARKER, json.dumps({"format": "rnnkit-run", "version": 1, "state": state}))
+
+
+def is_run(path: Path) -> bool:
+    """Whether `path` is a run folder."""
+    return (path / RUN_MARKER).is_file()
+
+
+def prepare_run_folder(out: Path, overwrite: bool) -> None:
+    """Create `out` for a new run; refuse a folder that holds another run or other files unless asked."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            what = "another run" if is_run(out) else "other files"
+            raise RunError(f"{out} holds {what}; pass --overwrite to replace it, --resume {out} to "
+                           "continue it, or choose another --out")
+        if not is_run(out):
+            raise RunError(f"{out} is not a run folder; --overwrite only replaces runs. Choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def build_dls(cfg: TrainConfig, vocab: Vocab | None = None) -> TextDataLoaders:
+    """The corpus of `cfg` as language-model loaders; `vocab` (a saved run's) must match the corpus's."""
+    corpus = read_corpus(cfg.corpus, cfg.data)
+    if vocab is not None:
+        try:
+            vocab.check_matches(corpus.vocab, what="corpus read now")
+        except ValueError as e:
+            raise RunError(f"the run's vocabulary does not match the corpus at {cfg.data}: {e}") from None
+    return TextDataLoaders.from_corpus(corpus, path=cfg.out, bs=cfg.bs, seq_len=cfg.bptt,
+                                       random_bptt=cfg.random_bptt, seed=cfg.seed)
+
+
+def build_learner(cfg: TrainConfig, dls: Any) -> LMLearner:
+    """The language-model learner `cfg` describes, without training callbacks."""
+    opt_func = Adam if cfg.optimizer == "adam" else partial(SGD, mom=0.0)
+    cbs: list[Any] = [TerminateOnNaNCallback()]
+    if cfg.clip:
+        cbs.append(GradientClip(cfg.clip))
+    if cfg.random_bptt:
+        cbs.append(RNNTrainer(None, bptt=cfg.bptt))  # lr scaled by seq_len/bptt; AR/TAR come from TextLearner
+    if cfg.ntasgd:
+        cbs.append(NTASGD())
+    learn = language_model_learner(dls, config=model_config(cfg), drop_mult=cfg.drop_mult, alpha=cfg.alpha,
+                                   beta=cfg.beta, wd=cfg.wd, opt_func=opt_func, lr=cfg.lr, path=cfg.out,
+                                   model_dir=".", cbs=cbs)
+    if cfg.precision == "bf16":
+        learn.to_bf16()
+    elif cfg.precision == "fp16":
+        learn.to_fp16()
+    return learn
+
+
+def _fit(learn: LMLearner, cfg: TrainConfig, lr: float) -> None:
+    if cfg.schedule == "one_cycle":
+        learn.fit_one_cycle(cfg.epochs, lr, wd=cfg.wd)
+    elif cfg.schedule == "flat_cos":
+        learn.fit_flat_cos(cfg.epochs, lr, wd=cfg.wd)
+    else:
+        learn.fit(cfg.epochs, lr, wd=cfg.wd)
+
+
+def _save_plots(learn: LMLearner, run: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rec = learn.recorder
+    if len(rec.losses) > 1:
+        fig = rec.plot_loss(skip_start=0)
+        fig.savefig(run / "loss.png")
+        plt.close(fig)
+    if rec.lrs:
+        fig = rec.plot_sched()
+        fig.savefig(run / "lr_schedule.png")
+        plt.close(fig)
+
+
+def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[str, Any]:
+    """Train as `cfg` says into the run folder `cfg.out`; with `resume`, continue from its last checkpoint.
+
+    Returns a summary: state ('done', 'interrupted' or 'nan'), final metrics, paths.
+    """
+    run = Path(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    trainer_state: Any = None
+    weights: Any = None
+    opt_state: Any = None
+    if resume:
+        ck = latest_checkpoint(run / "checkpoints")
+        weights, opt_state, trainer_state = load_checkpoint(ck)
+        vocab = Vocab.load(run / "vocab.json")
+    torch.manual_seed(cfg.seed)
+    dls = build_dls(cfg, vocab if resume else None)
+    if not resume:
+        atomic_write_text(run / "config.json", cfg.to_json())
+        dls.vocab.save(run / "vocab.json")
+        _write_marker(run, "running")
+    learn = build_learner(cfg, dls)
+    lr = cfg.lr
+    if resume:
+        load_weights(learn.model, weights, what=f"checkpoint in {run}")
+        learn.create_opt()
+        try:
+            learn.opt.load_state_dict(opt_state)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"the optimizer state in {run} does not fit this model: {e}") from e
+        lr = trainer_state["extra"]["lr"]
+    elif cfg.lr_find:
+        import matplotlib.pyplot as plt
+
+        with learn.no_bar():
+            res = learn.lr_find(show_plot=True)
+        plt.gcf().savefig(run / "lr_find.png")
+        plt.close("all")
+        if not math.isfinite(res.valley):
+            raise RunError("the LR finder could not suggest a learning rate; give --lr instead")
+        lr = float(res.valley)
+        log_fn(f"lr_find: using lr {lr:.2e} (valley); plot in {run / 'lr_find.png'}")
+    ckpt = Checkpointer(run / "checkpoints", every_n_batches=cfg.checkpoint_every, resume=trainer_state,
+                        extra_state={"lr": lr})
+    learn.add_cbs([CSVLogger("metrics.csv", append=resume), ckpt])  # relative to learn.path, the run
+    _fit(learn, cfg, lr)
+    state = "interrupted" if ckpt.interrupted else "nan" if learn.nan_stopped else "done"
+    summary: dict[str, Any] = {"state": state, "run": run, "checkpoint": ckpt.last_path, "lr": lr}
+    if state == "done":
+        atomic_save_weights(learn, run / "model.safetensors")
+        _save_plots(learn, run)
+        summary["metrics"] = learn.evaluate_lm()
+    _write_marker(run, state)
+    summary["learn"] = learn
+    return summary
+
+
+def atomic_save_weights(learn: LMLearner, path: Path) -> None:
+    """The model's weights as safetensors, through a temporary file and a rename."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(model_state_for_save(learn.model), str(tmp))
+    tmp.replace(path)
+
+
+def load_run(run: Path, data: str | None = None, need_data: bool = True) -> tuple[TrainConfig, LMLearner]:
+    """A trained run's config and learner (final weights, else the last checkpoint's)."""
+    if not run.is_dir() or not is_run(run):
+        raise RunError(f"{run} is not a run folder (no {RUN_MARKER}); give the --out folder of `rnnkit train`")
+    try:
+        cfg = config_from_mapping(json.loads((run / "config.json").read_text(encoding="utf-8")),
+                                  source=str(run / "config.json"))
+    except (OSError, ValueError) as e:
+        raise RunError(f"{run / 'config.json'} is missing or unreadable: {e}") from None
+    if data is not None:
+        cfg.data = data
+    cfg.out = str(run)
+    try:
+        vocab = Vocab.load(run / "vocab.json")
+    except (OSError, ValueError) as e:
+        raise RunError(f"{run / 'vocab.json'} is missing or unreadable: {e}") from None
+    if need_data:
+        dls: Any = build_dls(cfg, vocab)
+    else:
+        dls = SimpleNamespace(vocab=vocab, tokenizer=Tokenizer.from_name(_TOKENIZER_OF[cfg.corpus]),
+                              path=run, train=[], valid=[])
+    learn = build_learner(cfg, dls)
+    final = run / "model.safetensors"
+    if final.is_file():
+        from safetensors.torch import load_file
+
+        try:
+            weights = load_file(str(final))
+        except Exception as e:
+            raise CheckpointError(f"{final} is corrupt or truncated ({e}); train again or use a checkpoint") from e
+    else:
+        weights, _, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    load_weights(learn.model, weights, what=f"weights in {run}")
+    return cfg, learn

@@ -1,0 +1,330 @@
+"""Tests for the AWD-LSTM dropouts: masks, variational, embedding and weight dropout."""
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from rnnkit.models.dropout import EmbeddingDropout, RNNDropout, WeightDropout, _as_one_chunk, dropout_mask
+
+
+def _wd_lstm(n_in: int = 4, n_hid: int = 6, weight_p: float = 0.5, **kw) -> WeightDropout:
+    return WeightDropout(nn.LSTM(n_in, n_hid, batch_first=True, **kw), weight_p)
+
+
+def _plain_lstm_like(wd: WeightDropout) -> nn.LSTM:
+    """An nn.LSTM holding the raw weights of `wd`."""
+    m = wd.module
+    ref = nn.LSTM(m.input_size, m.hidden_size, m.num_layers, batch_first=True, bidirectional=m.bidirectional)
+    sd = {k.removeprefix("module."): v for k, v in wd.state_dict().items()}
+    ref.load_state_dict({k.removesuffix("_raw"): v for k, v in sd.items()})
+    return ref
+
+
+# dropout_mask
+
+
+def test_dropout_mask_has_shape_dtype_device_and_values():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    m = dropout_mask(x, (5, 1, 7), 0.25)
+    assert m.shape == (5, 1, 7) and m.dtype == torch.float64 and m.device == x.device
+    assert set(m.unique().tolist()) <= {0.0, 1 / 0.75}
+
+
+def test_dropout_mask_keeps_expectation():
+    m = dropout_mask(torch.empty(0), (200_000,), 0.3)
+    assert m.mean().item() == pytest.approx(1.0, abs=0.02)
+    assert (m == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)
+
+
+def test_dropout_mask_in_low_precision_keeps_the_probability():
+    m = dropout_mask(torch.empty(0, dtype=torch.bfloat16), (200_000,), 0.3)
+    assert m.dtype == torch.bfloat16
+    assert (m == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)
+
+
+def test_dropout_mask_with_p_one_drops_everything():
+    assert dropout_mask(torch.ones(1), (4,), 1.0).eq(0).all()
+
+
+# RNNDropout
+
+
+def test_rnn_dropout_shares_one_mask_over_time():
+    dp = RNNDropout(0.5)
+    y = dp(torch.ones(8, 10, 5))
+    assert torch.equal(y, y[:, :1].expand_as(y))  # the same for every time step
+    assert (y == 0).any() and (y == 2).any()
+
+
+def test_rnn_dropout_keeps_expectation():
+    y = RNNDropout(0.4)(torch.ones(2000, 3, 50))
+    assert y.mean().item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_rnn_dropout_is_identity_in_eval_and_with_p_zero():
+    x = torch.randn(4, 3, 5)
+    assert RNNDropout(0.5).eval()(x) is x
+    assert RNNDropout(0.0)(x) is x
+
+
+def test_rnn_dropout_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="probability in"):
+        RNNDropout(1.5)
+    with pytest.raises(ValueError, match=r"\(bs, seq_len, n\)"):
+        RNNDropout(0.5)(torch.ones(4, 5))
+
+
+# EmbeddingDropout
+
+
+def test_embedding_dropout_zeroes_whole_words_and_rescales():
+    emb = nn.Embedding(50, 8, padding_idx=1)
+    edp = EmbeddingDropout(emb, 0.5)
+    words = torch.arange(50).repeat(3, 1)  # every word three times
+    out = edp(words)
+    ref = emb(words)
+    dropped = out.eq(0).all(-1)  # (3, 50): a word's whole vector
+    assert dropped.any() and (~dropped).any()
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # a word is dropped everywhere or nowhere
+    torch.testing.assert_close(out[~dropped], ref[~dropped] * 2)
+    assert out[dropped].eq(0).all()
+
+
+def test_embedding_dropout_takes_a_flat_batch_of_words():
+    emb = nn.Embedding(10, 7, padding_idx=1)
+    words = torch.randint(0, 10, (8,))
+    out = EmbeddingDropout(emb, 0.5)(words)
+    for i in range(8):
+        assert out[i].eq(0).all() or torch.allclose(out[i], 2 * emb.weight[words[i]])
+
+
+def test_embedding_dropout_gradient_only_reaches_kept_words():
+    emb = nn.Embedding(30, 4)
+    edp = EmbeddingDropout(emb, 0.5)
+    words = torch.arange(30)[None]
+    out = edp(words)
+    out.sum().backward()
+    kept = out[0].ne(0).any(-1)
+    assert emb.weight.grad[~kept].eq(0).all()
+    torch.testing.assert_close(emb.weight.grad[kept], torch.full_like(emb.weight.grad[kept], 2.0))
+
+
+def test_embedding_dropout_is_the_embedding_in_eval_and_uses_padding_idx():
+    emb = nn.Embedding(10, 4, padding_idx=0)
+    edp = EmbeddingDropout(emb, 0.5).eval()
+    words = torch.tensor([[0, 3, 0, 5]])
+    torch.testing.assert_close(edp(words), emb(words))
+    edp(words).sum().backward()
+    assert emb.weight.grad[0].eq(0).all()  # padding_idx gets no gradient
+    torch.testing.assert_close(edp(words, scale=3.0), emb(words) * 3)
+
+
+# WeightDropout
+
+
+def test_weight_dropout_moves_the_weight_to_a_raw_parameter():
+    wd = _wd_lstm()
+    names = [n for n, _ in wd.named_parameters()]
+    assert names == ["weight_hh_l0_raw", "module.weight_ih_l0", "module.bias_ih_l0", "module.bias_hh_l0"]
+    assert list(wd.state_dict()) == names
+    assert isinstance(wd.module, nn.LSTM) and isinstance(wd.weight_hh_l0_raw, nn.Parameter)
+
+
+def test_weight_dropout_shows_the_last_used_weight_on_the_module_as_fastai_does():
+    wd = WeightDropout(nn.LSTM(5, 7), 0.4)  # seq_len first, as in fastai's docs
+    before = wd.module.weight_hh_l0.clone()
+    torch.testing.assert_close(before, wd.weight_hh_l0_raw.detach())
+    h = torch.zeros(1, 20, 7), torch.zeros(1, 20, 7)
+    x, h = wd(torch.randn(10, 20, 5), h)
+    assert x.shape == (10, 20, 7)
+    x.sum().backward()
+    used = wd.module.weight_hh_l0
+    assert 0.2 <= used.eq(0).float().mean().item() <= 0.6
+    assert not isinstance(used, nn.Parameter) and "module.weight_hh_l0" not in wd.state_dict()
+    assert torch.equal(wd.weight_hh_l0_raw.detach(), before)
+    assert (wd.weight_hh_l0_raw.grad.eq(0) & used.eq(0)).any()
+    wd.eval()
+    wd(torch.randn(10, 20, 5))
+    torch.testing.assert_close(wd.module.weight_hh_l0, before)
+
+
+def test_weight_dropout_rejects_unknown_layer_names():
+    with pytest.raises(ValueError, match="has no parameter 'weight_hh_l1'"):
+        WeightDropout(nn.LSTM(3, 3), 0.5, "weight_hh_l1")
+
+
+def test_weight_dropout_in_eval_equals_the_plain_lstm():
+    wd = _wd_lstm().eval()
+    ref = _plain_lstm_like(wd)
+    x = torch.randn(3, 7, 4)
+    out, (h, c) = wd(x)
+    ref_out, (ref_h, ref_c) = ref(x)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(h, ref_h)
+    torch.testing.assert_close(c, ref_c)
+
+
+def test_weight_dropout_in_training_equals_the_lstm_with_masked_weights():
+    wd = _wd_lstm(weight_p=0.5)
+    raw = wd.weight_hh_l0_raw.detach().clone()
+    x, hx = torch.randn(3, 7, 4), (torch.randn(1, 3, 6), torch.randn(1, 3, 6))
+    torch.manual_seed(1)
+    out, _ = wd(x, hx)
+    torch.manual_seed(1)
+    dropped = raw * dropout_mask(raw, raw.shape, 0.5)
+    ref = _plain_lstm_like(wd)
+    with torch.no_grad():
+        ref.weight_hh_l0.copy_(dropped)
+    torch.testing.assert_close(out, ref(x, hx)[0])
+    assert not torch.allclose(out, _plain_lstm_like(wd)(x, hx)[0])
+
+
+def test_weight_dropout_draws_a_new_mask_every_forward_and_never_changes_the_raw_weight():
+    wd = _wd_lstm()
+    raw = wd.weight_hh_l0_raw.detach().clone()
+    x = torch.randn(2, 5, 4)
+    a, b = wd(x)[0], wd(x)[0]
+    assert not torch.allclose(a, b)
+    (a.sum() + b.sum()).backward()
+    assert torch.equal(wd.weight_hh_l0_raw.detach(), raw)
+    assert wd.weight_hh_l0_raw.grad is not None and wd.module.weight_ih_l0.grad is not None
+
+
+def test_weight_dropout_gradient_is_zero_where_weights_are_dropped():
+    wd = WeightDropout(nn.Linear(20, 20), 0.5, "weight")
+    torch.manual_seed(3)
+    wd(torch.ones(1, 20)).sum().backward()
+    torch.manual_seed(3)
+    mask = dropout_mask(torch.ones(1), (20, 20), 0.5)
+    torch.testing.assert_close(wd.weight_raw.grad, mask)  # d/dw of sum(w*mask @ 1) is the mask
+
+
+def test_weight_dropout_wraps_every_layer_of_a_multi_layer_lstm():
+    lstm = nn.LSTM(4, 6, num_layers=2, batch_first=True)
+    wd = WeightDropout(lstm, 0.5, ["weight_hh_l0", "weight_hh_l1"])
+    assert hasattr(wd, "weight_hh_l1_raw") and "weight_hh_l1" not in dict(lstm.named_parameters())
+    out, (h, c) = wd(torch.randn(2, 3, 4))
+    assert out.shape == (2, 3, 6) and h.shape == (2, 2, 6)
+    wd.eval()
+    torch.testing.assert_close(wd(torch.ones(2, 3, 4))[0], _plain_lstm_like(wd)(torch.ones(2, 3, 4))[0])
+
+
+def test_weight_dropout_runs_gru_too():
+    wd = WeightDropout(nn.GRU(4, 6, batch_first=True), 0.3).eval()
+    out, h = wd(torch.randn(2, 3, 4))
+    assert out.shape == (2, 3, 6) and h.shape == (1, 2, 6)
+
+
+def test_weight_dropout_checks_lstm_inputs():
+    wd = _wd_lstm()
+    with pytest.raises(ValueError, match="expects input feature size 4, got 5"):
+        wd(torch.randn(2, 3, 5))
+    with pytest.raises(ValueError, match="padded 3-D batches"):
+        wd(torch.randn(3, 4))
+
+
+def _aten_ops(fn) -> list[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events()]
+
+
+def test_weight_dropout_keeps_the_fused_lstm_kernel():
+    wd = _wd_lstm()
+    ref = nn.LSTM(4, 6, batch_first=True)
+    short, long = torch.randn(2, 4, 4), torch.randn(2, 40, 4)
+    ops = {n: _aten_ops(lambda: m(x)) for n, m, x in
+           [("wd_short", wd, short), ("wd_long", wd, long), ("ref_short", ref, short), ("ref_long", ref, long)]}
+    assert ops["wd_long"].count("aten::lstm") == 1
+    # Ten times more time steps add no more dispatched ops than they add to nn.LSTM itself:
+    # no Python loop over time.
+    assert len(ops["wd_long"]) - len(ops["wd_short"]) == len(ops["ref_long"]) - len(ops["ref_short"])
+
+
+def test_as_one_chunk_packs_views_of_one_buffer_at_the_offsets():
+    a = torch.randn(3, 2, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    views = _as_one_chunk([a, b], [10, 0], 20)  # b first, then a gap, then a, then a tail
+    assert views[0].untyped_storage().data_ptr() == views[1].untyped_storage().data_ptr()
+    assert [v.storage_offset() for v in views] == [10, 0]
+    torch.testing.assert_close(views[0], a)
+    torch.testing.assert_close(views[1], b)
+    (views[0].sum() * 2 + views[1].sum()).backward()
+    torch.testing.assert_close(a.grad, torch.full_like(a, 2.0))
+    torch.testing.assert_close(b.grad, torch.ones_like(b))
+
+
+def test_weight_dropout_survives_deepcopy_without_warnings():
+    wd = _wd_lstm()
+    x = torch.randn(2, 5, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wd2 = copy.deepcopy(wd)
+        wd2(x)[0].sum().backward()
+        wd.eval(), wd2.eval()
+        torch.testing.assert_close(wd(x)[0], wd2(x)[0])
+    assert wd2.weight_hh_l0_raw.data_ptr() != wd.weight_hh_l0_raw.data_ptr()
+    assert wd.weight_hh_l0_raw.grad is None  # the copy trained its own weights
+
+
+def test_weight_dropout_state_dict_round_trip_without_warnings():
+    wd = _wd_lstm()
+    x = torch.randn(2, 5, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        buf = io.BytesIO()
+        torch.save(wd.state_dict(), buf)
+        buf.seek(0)
+        fresh = _wd_lstm()
+        fresh.load_state_dict(torch.load(buf, weights_only=True))
+        wd.eval(), fresh.eval()
+        torch.testing.assert_close(fresh(x)[0], wd(x)[0])
+        fresh.train()
+        fresh(x)[0].sum().backward()
+
+
+def test_weight_dropout_under_bf16_autocast_without_warnings():
+    wd = _wd_lstm()
+    x = torch.randn(2, 5, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, (h, c) = wd(x)
+        out.float().sum().backward()
+    assert wd.weight_hh_l0_raw.grad.dtype == torch.float32
+    assert wd.weight_hh_l0_raw.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_weight_dropout_under_torch_compile_without_warnings(backend):
+    wd = _wd_lstm()
+    x = torch.randn(2, 5, 4)
+    # Record rather than raise: Dynamo reads `.grad` of non-leaf tensors internally and hides that
+    # warning from the user through `warnings.showwarning`, which an "error" filter would bypass.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = torch.compile(wd, backend=backend)
+        a = compiled(x)[0]
+        a.sum().backward()
+        assert not torch.allclose(a, compiled(x)[0])  # still a new mask per call
+        wd.eval()
+        torch.testing.assert_close(compiled(x)[0], _plain_lstm_like(wd)(x)[0])
+    assert [str(w.message) for w in caught] == []
+
+
+def test_weight_dropout_reset_forwards_to_the_module():
+    class WithReset(nn.Linear):
+        calls = 0
+
+        def reset(self):
+            self.calls += 1
+
+    wd = WeightDropout(WithReset(3, 3), 0.2, "weight")
+    wd.reset()
+    assert wd.module.calls == 1
+    _wd_lstm().reset()  # a module without reset is fine

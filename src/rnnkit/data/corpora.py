@@ -59,9 +59,10 @@ def _check_folder(path: str | os.PathLike | None, corpus: str) -> Path:
     return folder
 
 
-def _pretokenized(name: str, folder: Path, files: dict[str, list[str]]) -> Corpus:
-    tok = PreTokenizedTokenizer()
-    train_ids, vocab = numericalize_file(_find(folder, files["train"], "training"), tok)
+def _read_splits(name: str, folder: Path, files: dict[str, list[str]], tok: _BaseTokenizer,
+                 **vocab_kwargs: Any) -> Corpus:
+    """Train (builds the vocabulary), valid (required) and test (optional) splits of a folder."""
+    train_ids, vocab = numericalize_file(_find(folder, files["train"], "training"), tok, **vocab_kwargs)
     splits = {"train": TokenStream.from_array(train_ids)}
     for split in ("valid", "test"):
         try:
@@ -73,6 +74,10 @@ def _pretokenized(name: str, folder: Path, files: dict[str, list[str]]) -> Corpu
         ids, _ = numericalize_file(f, tok, vocab=vocab)
         splits[split] = TokenStream.from_array(ids)
     return Corpus(name, vocab, tok, splits)
+
+
+def _pretokenized(name: str, folder: Path, files: dict[str, list[str]]) -> Corpus:
+    return _read_splits(name, folder, files, PreTokenizedTokenizer())
 
 
 def read_ptb(path: str | os.PathLike | None) -> Corpus:
@@ -121,18 +126,8 @@ def read_folder(path: str | os.PathLike | None, tokenizer: _BaseTokenizer | str 
     tok = Tokenizer.from_name(tokenizer) if isinstance(tokenizer, str) else tokenizer
     if isinstance(tok, SubwordTokenizer) and tok._sp is None:  # train the subword model on train.txt
         tok.setup(read_text(_find(folder, ["train.txt"], "training")).splitlines())
-    train_ids, vocab = numericalize_file(_find(folder, ["train.txt"], "training"), tok, **vocab_kwargs)
-    splits = {"train": TokenStream.from_array(train_ids)}
-    for split in ("valid", "test"):
-        try:
-            f = _find(folder, [f"{split}.txt"], split)
-        except FileNotFoundError:
-            if split == "valid":
-                raise
-            continue
-        ids, _ = numericalize_file(f, tok, vocab=vocab)
-        splits[split] = TokenStream.from_array(ids)
-    return Corpus(folder.name, vocab, tok, splits)
+    return _read_splits(folder.name, folder, {s: [f"{s}.txt"] for s in ("train", "valid", "test")}, tok,
+                        **vocab_kwargs)
 
 
 CORPUS_READERS = {

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnkit.utils import atomic_write
+
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
            "capture_rng", "restore_rng", "atomic_write_text", "model_state_for_save", "load_weights"]
 
@@ -39,17 +41,7 @@ class CheckpointError(ValueError):
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text)
 
 
 def _sha256(path: Path) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import functools
 import numbers
 import re
@@ -14,6 +18,7 @@ from fastcore.foundation import L
 from torch import nn
 
 __all__ = [
+    "atomic_write",
     "L",
     "Module",
     "camel2snake",
@@ -193,3 +198,21 @@ def class2attr(obj: Any, cls_name: str) -> str:
     if name.endswith(cls_name):
         name = name[: -len(cls_name)]
     return camel2snake(name) if name else cls_name.lower()
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and a rename, so a
+    reader (or a crash) never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -16,7 +16,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PureWindowsPath
 
-from rnnkit.utils import L
+from rnnkit.utils import L, atomic_write
 
 __all__ = ["URLs", "untar_data"]
 
@@ -83,16 +83,6 @@ def _stem(file_name: str) -> str:
     return file_name
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Write beside the target, then rename: a reader never sees a half-written file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8", newline="\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 _ONES = (
     "", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
     "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
@@ -123,7 +113,7 @@ def _make_human_numbers(dest: Path, force: bool) -> Path:
     for name, numbers in (("train.txt", range(1, 8000)), ("valid.txt", range(8001, 10000))):
         path = dest / name
         if force or not path.exists():
-            _write_atomic(path, "".join(f"{_number_words(i)} \n" for i in numbers))
+            atomic_write(path, "".join(f"{_number_words(i)} \n" for i in numbers))
     return dest
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 import functools
 import html
 import io
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from rnnkit.utils import atomic_write
 
 __all__ = [
     "UNK", "PAD", "BOS", "EOS", "FLD", "TK_REP", "TK_WREP", "TK_UP", "TK_MAJ",
@@ -443,18 +443,7 @@ class SubwordTokenizer(_BaseTokenizer):
 
     def save(self, path: str | Path) -> Path:
         """Write the trained model (SentencePiece's own protobuf format) to `path`, atomically."""
-        data = self.sp.serialized_model_proto()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, self.sp.serialized_model_proto())
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> SubwordTokenizer:

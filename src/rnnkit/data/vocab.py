@@ -11,14 +11,13 @@ WikiText) and uses the corpus's own `<unk>`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from rnnkit.utils import atomic_write
 from rnnkit.data.tokenize import PAD, SPECIAL_TOKENS, UNK
 
 __all__ = ["Vocab", "FAKE_TOKEN"]
@@ -184,18 +183,8 @@ class Vocab:
 
     def save(self, path: str | Path) -> Path:
         """Write the vocabulary to `path` as JSON, atomically (a temporary file, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": _FORMAT, "version": _VERSION, "itos": self.itos, "unk": self.unk, "pad": self.pad}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, json.dumps(data, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:

@@ -47,6 +47,36 @@ def test_dropout_mask_in_low_precision_keeps_the_probability():
     assert (m == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_mask_from_16_bit_draws_drops_at_p_in_every_lane(p):
+    # Four 16-bit numbers come from each 64-bit draw: each of the four positions must be uniform
+    # (a lane without its sign bit, say, would never drop at p=0.5).
+    torch.manual_seed(0)
+    m = dropout_mask(torch.empty(0), (400_000,), p)
+    for lane in range(4):
+        assert (m[lane::4] == 0).float().mean().item() == pytest.approx(p, abs=0.005)
+
+
+def test_dropout_mask_scales_by_the_probability_it_really_uses():
+    # 0.3 is not a multiple of 2**-16: the CPU mask drops with 19661/65536 and scales by exactly that.
+    m = dropout_mask(torch.empty(0, dtype=torch.float64), (1000,), 0.3)
+    assert set(m.unique().tolist()) == {0.0, 1 / (1 - 19661 / 65536)}
+
+
+def test_dropout_mask_with_a_tiny_p_draws_floats_instead_of_rounding():
+    # 1e-4 would round to 7/65536 (5% off): the float path keeps p and scales by 1/(1 - p) exactly.
+    torch.manual_seed(0)
+    m = dropout_mask(torch.empty(0, dtype=torch.float64), (300_000,), 1e-4)
+    assert set(m.unique().tolist()) == {0.0, 1 / (1 - 1e-4)}
+
+
+def test_dropout_mask_is_reproducible_under_a_seed():
+    torch.manual_seed(3)
+    a = dropout_mask(torch.empty(0), (50, 7), 0.2)
+    torch.manual_seed(3)
+    assert torch.equal(a, dropout_mask(torch.empty(0), (50, 7), 0.2))
+
+
 def test_dropout_mask_with_p_one_drops_everything():
     assert dropout_mask(torch.ones(1), (4,), 1.0).eq(0).all()
 

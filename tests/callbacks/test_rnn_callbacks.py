@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
-from rnnkit.callbacks.rnn import RNNCallback, RNNRegularizer, RNNTrainer, rnn_cbs
+from rnnkit.callbacks.rnn import RNNCallback, RNNRegularizer, RNNTrainer, ar_tar, rnn_cbs
 from rnnkit.data.core import DataLoaders
 from rnnkit.losses import CrossEntropyLossFlat
 from rnnkit.text.learner import TextLearner
@@ -112,3 +114,63 @@ def test_rnn_trainer_rescales_lr_by_seq_len_for_the_step_and_restores():
     RNNTrainer(no_adjust, bptt=10, adjust=False)
     no_adjust.fit(1)
     assert seen == [(5, pytest.approx(0.1))]
+
+
+# ar_tar: the fused AR/TAR term against autograd on the plain formula
+
+
+def _ar_tar_reference(out, raw, alpha, beta):
+    loss = alpha * out.double().pow(2).mean()
+    if raw.shape[1] > 1:
+        loss = loss + beta * (raw[:, 1:] - raw[:, :-1]).double().pow(2).mean()
+    return loss
+
+
+@settings(max_examples=40, deadline=None)
+@given(bs=st.integers(1, 4), seq_len=st.integers(1, 7), n=st.integers(1, 5),
+       alpha=st.sampled_from([0.0, 0.5, 2.0]), beta=st.sampled_from([0.0, 1.0, 3.0]), seed=st.integers(0, 99))
+def test_ar_tar_value_and_gradients_match_autograd(bs, seq_len, n, alpha, beta, seed):
+    g = torch.Generator().manual_seed(seed)
+    out0, raw0 = torch.randn(bs, seq_len, n, generator=g, dtype=torch.float64), \
+        torch.randn(bs, seq_len, n, generator=g, dtype=torch.float64)
+    out, raw = out0.clone().requires_grad_(), raw0.clone().requires_grad_()
+    ref_out, ref_raw = out0.clone().requires_grad_(), raw0.clone().requires_grad_()
+    loss = ar_tar(out, raw, alpha, beta)
+    ref = _ar_tar_reference(ref_out, ref_raw, alpha, beta)
+    assert loss.dtype == torch.float64
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-9, abs=1e-12)
+    if not (alpha or (beta and seq_len > 1)):
+        return  # nothing to differentiate
+    (3 * loss).backward()
+    (3 * ref).backward()
+    for got, want in ((out.grad, ref_out.grad), (raw.grad, ref_raw.grad)):
+        zeros = torch.zeros_like(out0)  # a term that is off sends no gradient (None) to its input
+        torch.testing.assert_close(zeros if got is None else got, zeros if want is None else want,
+                                   rtol=1e-9, atol=1e-12)
+
+
+def test_ar_tar_on_one_tensor_for_both_terms_sums_the_gradients():
+    # With output_p=0 the dropped activations are the raw tensor itself.
+    x = torch.randn(3, 6, 4, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    ar_tar(x, x, 2.0, 1.0).backward()
+    _ar_tar_reference(x_ref, x_ref, 2.0, 1.0).backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def test_ar_tar_in_bfloat16_keeps_the_dtype_and_sums_in_float32():
+    torch.manual_seed(0)
+    x = torch.randn(4, 9, 8)
+    xb = x.bfloat16().requires_grad_()
+    loss = ar_tar(xb, xb, 2.0, 1.0)
+    loss.backward()
+    assert loss.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16
+    x64 = xb.detach().double().requires_grad_()
+    _ar_tar_reference(x64, x64, 2.0, 1.0).backward()
+    assert loss.item() == pytest.approx(_ar_tar_reference(x64, x64, 2.0, 1.0).item(), rel=1e-2)
+    torch.testing.assert_close(xb.grad.double(), x64.grad, rtol=2e-2, atol=1e-3)
+
+
+def test_ar_tar_rejects_activations_without_a_time_axis():
+    with pytest.raises(ValueError, match="seq_len"):
+        ar_tar(torch.ones(3), torch.ones(3), 0.0, 1.0)

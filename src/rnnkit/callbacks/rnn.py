@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from rnnkit.training.callback import Callback
 
-__all__ = ["ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs"]
+__all__ = ["ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "ar_tar", "rnn_cbs"]
 
 
 class ModelResetter(Callback):
@@ -48,6 +50,62 @@ class RNNCallback(Callback):
             self.learn.pred = out
 
 
+def _mean_sq(x: Tensor) -> Tensor:
+    """mean(x**2) in one kernel, summed in float32 or wider."""
+    acc = torch.promote_types(x.dtype, torch.float32)
+    return torch.linalg.vector_norm(x, dtype=acc).square() / x.numel()
+
+
+class _ARTAR(torch.autograd.Function):
+    """`alpha * mean(out**2) + beta * mean((raw[:, 1:] - raw[:, :-1])**2)` with a hand-written backward.
+
+    Autograd's version of the same formula runs about a dozen kernels over the activations
+    (two zero-filled slice gradients for TAR alone); this one runs five, which matters when a step
+    is a few milliseconds. Sums are taken in float32 (or wider) whatever the activations' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, out: Tensor, raw: Tensor, alpha: float, beta: float) -> Tensor:
+        loss = out.new_zeros((), dtype=torch.promote_types(out.dtype, torch.float32))
+        diff = None
+        if alpha:
+            loss = loss + alpha * _mean_sq(out)
+        if beta:
+            diff = raw[:, 1:] - raw[:, :-1]  # (bs, seq_len - 1, n)
+            loss = loss + beta * _mean_sq(diff)
+        ctx.alpha, ctx.beta = alpha, beta
+        ctx.save_for_backward(out if alpha else None, diff)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        out, diff = ctx.saved_tensors
+        grad_out = grad_raw = None
+        if ctx.alpha and ctx.needs_input_grad[0]:
+            grad_out = out * (2 * ctx.alpha / out.numel() * grad)
+        if ctx.beta and ctx.needs_input_grad[1]:
+            # d/dh_t of sum_t (h_{t+1} - h_t)^2 is 2 (d_{t-1} - d_t), with d_{-1} = d_{T-1} = 0.
+            padded = F.pad(diff, (0, 0, 1, 1))  # zeros before the first and after the last difference
+            grad_raw = (padded[:, :-1] - padded[:, 1:]) * (2 * ctx.beta / diff.numel() * grad)
+        return grad_out, grad_raw, None, None
+
+
+def ar_tar(out: Tensor, raw: Tensor, alpha: float = 0.0, beta: float = 0.0) -> Tensor:
+    """Activation regularization `alpha * mean(out**2)` plus temporal activation regularization
+    `beta * mean((raw[:, 1:] - raw[:, :-1])**2)`, a scalar of at least float32, for `(bs, seq_len, n)`
+    activations.
+
+    TAR needs two time steps: with `seq_len == 1` its term is 0.
+    """
+    if beta and raw.dim() < 2:
+        raise ValueError(f"TAR needs (bs, seq_len, ...) activations, got shape {tuple(raw.shape)}.")
+    if beta and raw.shape[1] < 2:
+        beta = 0.0
+    if not alpha and not beta:
+        return out.new_zeros((), dtype=torch.promote_types(out.dtype, torch.float32))
+    return _ARTAR.apply(out, raw, float(alpha), float(beta))
+
+
 class RNNRegularizer(Callback):
     """Add AR (`alpha`, on the dropped-out activations) and TAR (`beta`, on the raw ones) to the loss,
     in training only."""
@@ -68,16 +126,10 @@ class RNNRegularizer(Callback):
             self.learn.add_cb(self._rnn)
 
     def after_loss(self) -> None:
-        if not self.learn.training:
+        if not self.learn.training or not (self.alpha or self.beta):
             return
-        rnn = self._rnn
-        if self.alpha:
-            self.learn.loss_grad = self.learn.loss_grad + self.alpha * rnn.out.float().pow(2).mean()
-        if self.beta:
-            h = rnn.raw_out
-            if h.shape[1] > 1:  # (bs, seq_len, n_hid): needs two time steps
-                self.learn.loss_grad = self.learn.loss_grad + \
-                    self.beta * (h[:, 1:] - h[:, :-1]).float().pow(2).mean()
+        self.learn.loss_grad = self.learn.loss_grad + ar_tar(self._rnn.out, self._rnn.raw_out,
+                                                             self.alpha, self.beta)
 
 
 def rnn_cbs(alpha: float = 0.0, beta: float = 0.0) -> list[Callback]:

@@ -70,6 +70,14 @@ def test_dropout_mask_with_a_tiny_p_draws_floats_instead_of_rounding():
     assert set(m.unique().tolist()) == {0.0, 1 / (1 - 1e-4)}
 
 
+def test_dropout_mask_with_p_just_below_one_keeps_a_few_and_stays_finite():
+    # 0.999995 would round to 65536/65536 = 1 (nothing kept, scale 1/0): it must take the float path.
+    torch.manual_seed(0)
+    m = dropout_mask(torch.empty(0, dtype=torch.float64), (1_000_000,), 0.999995)
+    assert torch.isfinite(m).all()
+    assert set(m.unique().tolist()) <= {0.0, 1 / (1 - 0.999995)}
+
+
 def test_dropout_mask_is_reproducible_under_a_seed():
     torch.manual_seed(3)
     a = dropout_mask(torch.empty(0), (50, 7), 0.2)

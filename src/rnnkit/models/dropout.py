@@ -50,7 +50,7 @@ def dropout_mask(x: Tensor, sz: Sequence[int], p: float) -> Tensor:
     if p >= 1.0:  # everything dropped: avoid dividing by zero
         return x.new_zeros(sz)
     p_q = round(p * 65536) / 65536
-    if x.device.type == "cpu" and p_q > 0.0 and abs(p_q - p) <= _BITS16_REL_TOL * p:
+    if x.device.type == "cpu" and 0.0 < p_q < 1.0 and abs(p_q - p) <= _BITS16_REL_TOL * p:
         keep, p = _keep_mask_bits16(sz, p, x.device)
     else:
         # `rand >= p` is Bernoulli(1 - p), faster than `bernoulli_(1 - p)`; float32 so that low-precision

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import default_collate
@@ -73,7 +73,29 @@ def _stack_dataset(dataset: Any, n: int) -> tuple[tuple[torch.Tensor, ...], bool
     return tuple(stacked), as_tuple
 
 
-class DataLoader:
+_Loader = TypeVar("_Loader", bound="DeviceMixin")
+
+
+class DeviceMixin:
+    """A loader's `device` (where batches are moved to; None leaves them where the data is) and `to`."""
+
+    _device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device | None:
+        return self._device
+
+    @device.setter
+    def device(self, device: torch.device | str | None) -> None:
+        self._device = None if device is None else torch.device(device)
+
+    def to(self: _Loader, device: torch.device | str | None) -> _Loader:
+        """Send future batches to `device`; returns self."""
+        self.device = device
+        return self
+
+
+class DataLoader(DeviceMixin):
     """Iterate over a dataset in batches of `bs` items, optionally shuffled each epoch and moved to `device`.
 
     Args:
@@ -139,15 +161,6 @@ class DataLoader:
         self._bs = bs
 
     @property
-    def device(self) -> torch.device | None:
-        """Where batches are moved to; None leaves them where the dataset keeps them."""
-        return self._device
-
-    @device.setter
-    def device(self, device: torch.device | str | None) -> None:
-        self._device = None if device is None else torch.device(device)
-
-    @property
     def n(self) -> int:
         """Number of items in the dataset."""
         return len(self.dataset)
@@ -155,11 +168,6 @@ class DataLoader:
     def __len__(self) -> int:
         n, bs = self.n, self.bs
         return n // bs if self.drop_last else -(-n // bs)
-
-    def to(self, device: torch.device | str | None) -> DataLoader:
-        """Send future batches to `device`; returns self."""
-        self.device = device
-        return self
 
     def new(self, dataset: Sequence[Any] | None = None, **kwargs: Any) -> DataLoader:
         """A copy of this loader with some arguments changed, e.g. `dl.new(shuffle=False)`."""

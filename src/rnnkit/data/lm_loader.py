@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnkit.data.core import DeviceMixin
 from rnnkit.data.stream import TokenStream
 
 __all__ = ["LMDataLoader"]
@@ -79,7 +80,7 @@ class _Pass:
         self.epoch, self.start, self.batch = epoch, start, start
 
 
-class LMDataLoader:
+class LMDataLoader(DeviceMixin):
     """Yield `(x, y)` batches of `bs` continuing rows of a token stream, `seq_len` (or a random length) wide.
 
     Args:
@@ -153,20 +154,6 @@ class LMDataLoader:
     def bptt(self) -> int:
         """The base window length (`seq_len`), for rescaling the lr by `seq_len_of_batch / bptt`."""
         return self.seq_len
-
-    @property
-    def device(self) -> torch.device | None:
-        """Where batches are moved to; None leaves them on the CPU."""
-        return self._device
-
-    @device.setter
-    def device(self, device: torch.device | str | None) -> None:
-        self._device = None if device is None else torch.device(device)
-
-    def to(self, device: torch.device | str | None) -> LMDataLoader:
-        """Send future batches to `device`; returns self."""
-        self.device = device
-        return self
 
     def new(self, dataset: Any = None, **kwargs: Any) -> LMDataLoader:
         """A copy of this loader with some arguments changed, e.g. `dl.new(shuffle=False, random_bptt=False)`."""

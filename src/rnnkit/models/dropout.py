@@ -26,18 +26,17 @@ def _check_p(p: float, name: str) -> float:
 _BITS16_REL_TOL = 1e-3
 
 
-def _keep_mask_bits16(sz: Sequence[int], p: float, device: torch.device) -> tuple[Tensor, float]:
-    """Boolean keep-mask from 16-bit random integers, and the drop probability it really has.
+def _keep_mask_bits16(sz: Sequence[int], drop: int, device: torch.device) -> Tensor:
+    """Boolean keep-mask from 16-bit random integers that drops with probability `drop / 65536`.
 
     PyTorch's CPU generator fills tensors one number at a time on one core, and that dominated the cost
     of weight dropout (tens of ms per step for an AWD-LSTM's 11M hidden-to-hidden weights). One 64-bit
     draw gives four 16-bit numbers, so this needs a quarter of the draws of `torch.rand(sz) >= p`.
     """
     n = math.prod(sz)
-    drop = round(p * 65536)  # numbers below this threshold (of 65536 equally likely ones) are dropped
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
-    keep = bits.view(torch.int16)[:n].view(tuple(sz)) >= drop - 32768
-    return keep, drop / 65536
+    # Each int16 is one of 65536 equally likely values in [-32768, 32767]; the lowest `drop` are dropped.
+    return bits.view(torch.int16)[:n].view(tuple(sz)) >= drop - 32768
 
 
 def dropout_mask(x: Tensor, sz: Sequence[int], p: float) -> Tensor:
@@ -49,9 +48,10 @@ def dropout_mask(x: Tensor, sz: Sequence[int], p: float) -> Tensor:
     """
     if p >= 1.0:  # everything dropped: avoid dividing by zero
         return x.new_zeros(sz)
-    p_q = round(p * 65536) / 65536
-    if x.device.type == "cpu" and 0.0 < p_q < 1.0 and abs(p_q - p) <= _BITS16_REL_TOL * p:
-        keep, p = _keep_mask_bits16(sz, p, x.device)
+    drop = round(p * 65536)
+    if x.device.type == "cpu" and 0 < drop < 65536 and abs(drop / 65536 - p) <= _BITS16_REL_TOL * p:
+        p = drop / 65536  # the probability the mask really has
+        keep = _keep_mask_bits16(sz, drop, x.device)
     else:
         # `rand >= p` is Bernoulli(1 - p), faster than `bernoulli_(1 - p)`; float32 so that low-precision
         # dtypes do not bias the keep probability. Accelerators' generators are parallel: no need for bits.

@@ -20,6 +20,7 @@ import functools
 import html
 import io
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,16 +42,16 @@ SPECIAL_TOKENS: tuple[str, ...] = (UNK, PAD, BOS, EOS, FLD, TK_REP, TK_WREP, TK_
 defaults_spec_tok = SPECIAL_TOKENS  # fastai's name for the same list
 
 
-class _BaseTokenizer:
+class _BaseTokenizer(ABC):
     """What every tokenizer offers: `encode`, `decode`, and calling it encodes."""
 
+    @abstractmethod
     def encode(self, text: str) -> list[str]:
         """Split `text` into tokens."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, tokens: Sequence[str]) -> str:
         """Join `tokens` back into text."""
-        raise NotImplementedError
 
     def __call__(self, text: str) -> list[str]:
         return self.encode(text)

@@ -47,6 +47,7 @@ from rnnkit.data.vocab import Vocab  # noqa: E402
 from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS  # noqa: E402
 from rnnkit.text.learner import language_model_learner  # noqa: E402
 from rnnkit.training.callback import Callback  # noqa: E402
+from rnnkit.utils import cpu_computes_natively  # noqa: E402
 
 DEFAULT_PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
 
@@ -197,6 +198,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if not args.no_bf16 and not cpu_computes_natively(torch.bfloat16):
+        print("this CPU has no native bf16 (no AVX-512): nn.LSTM fails under bf16 autocast here; bf16 skipped")
+        args.no_bf16 = True
     precisions = [False] if args.no_bf16 else [False, True]
     for size in args.sizes:
         s = SIZES[size]

@@ -23,6 +23,7 @@ __all__ = [
     "Module",
     "camel2snake",
     "class2attr",
+    "cpu_computes_natively",
     "default_device",
     "detuplify",
     "find_bs",
@@ -158,6 +159,21 @@ def to_device(b: Any, device: torch.device | str | None = None) -> Any:
         return o
 
     return _move(b)
+
+
+@functools.cache
+def cpu_computes_natively(dtype: torch.dtype) -> bool:
+    """Whether this CPU runs `dtype` (bfloat16 or float16) in oneDNN's kernels: bfloat16 needs AVX-512
+    (native with AVX512-BF16 or AMX), float16 needs AVX512-FP16 or AMX-FP16. Without it, PyTorch's
+    LSTM kernel fails under CPU autocast in that dtype and its matmuls are emulated, several times
+    slower than float32. Other dtypes: True."""
+    check = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+    if dtype not in check:
+        return True
+    try:
+        return bool(getattr(torch.ops.mkldnn, check[dtype])())
+    except (AttributeError, RuntimeError):  # a PyTorch without these checks: assume it works
+        return True
 
 
 def default_device() -> torch.device:

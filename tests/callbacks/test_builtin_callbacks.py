@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -87,8 +88,18 @@ def test_save_model_keeps_best_and_loads_it_at_end(make_learner, tmp_path):
     assert (tmp_path / "models" / "e_0.pth").exists() and (tmp_path / "models" / "e_1.pth").exists()
 
 
+@pytest.fixture
+def native_lowp(monkeypatch):
+    """Make MixedPrecision treat this CPU as computing bf16/fp16 natively (or not): a Linear model runs
+    under CPU autocast on any CPU, so both branches are tested whatever this machine has."""
+    def _set(native):
+        monkeypatch.setattr("rnnkit.utils.cpu_computes_natively", lambda dtype: native)
+    return _set
+
+
 @pytest.mark.parametrize("meth", ["to_fp16", "to_bf16"])
-def test_mixed_precision_trains_on_cpu(make_learner, meth):
+def test_mixed_precision_trains_on_cpu(make_learner, meth, native_lowp):
+    native_lowp(True)
     dtypes = []
 
     class Probe(Callback):
@@ -108,7 +119,52 @@ def test_mixed_precision_trains_on_cpu(make_learner, meth):
     assert learn.get_cb(MixedPrecision) is None
 
 
-def test_fp16_skips_step_when_gradients_overflow(make_learner):
+@pytest.mark.parametrize("meth", ["to_fp16", "to_bf16"])
+def test_mixed_precision_warns_and_trains_in_fp32_on_a_cpu_without_that_dtype(make_learner, meth, native_lowp):
+    native_lowp(False)
+    dtypes = []
+
+    class Probe(Callback):
+        order = MixedPrecision.order + 1
+
+        def before_batch(self):
+            dtypes.append(self.model(self.x).dtype)
+
+    learn = getattr(make_learner(lr=0.1, cbs=Probe()), meth)()
+    with pytest.warns(RuntimeWarning, match="trains in float32"):
+        before = learn.validate()[0]
+        learn.fit(2)
+    assert learn.validate()[0] < before
+    assert set(dtypes) == {torch.float32}
+    assert not learn.mixed_precision.enabled and learn.mixed_precision.scaler is None
+
+
+def test_bf16_lstm_learner_trains_on_this_cpu(make_learner):
+    """On this machine, for real: a plain nn.LSTM under to_bf16() trains, in bf16 where the CPU has it
+    (AVX-512) and in float32 after a warning where it has not (oneDNN's LSTM would fail there)."""
+    from rnnkit.utils import cpu_computes_natively
+
+    class LSTMNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.rnn(x.unsqueeze(1))[0][:, -1])
+
+    learn = make_learner(model=LSTMNet(), lr=0.05).to_bf16()
+    native = cpu_computes_natively(torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        before = learn.validate()[0]
+        learn.fit(2)
+    assert learn.validate()[0] < before
+    assert learn.mixed_precision.enabled == native
+    assert any("trains in float32" in str(w.message) for w in caught) == (not native)
+
+
+def test_fp16_skips_step_when_gradients_overflow(make_learner, native_lowp):
+    native_lowp(True)
     learn = make_learner().to_fp16()
 
     class Overflow(Callback):

@@ -338,6 +338,24 @@ def test_weight_dropout_under_bf16_autocast_without_warnings():
     assert wd.weight_hh_l0_raw.dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_weight_dropout_runs_the_rnn_in_float32_under_an_autocast_dtype_the_cpu_lacks(monkeypatch, dtype):
+    # Plain nn.LSTM fails there ("could not create a primitive descriptor for the LSTM forward").
+    monkeypatch.setattr("rnnkit.models.dropout.cpu_computes_natively", lambda dt: False)
+    wd = _wd_lstm().eval()
+    x = torch.randn(2, 5, 4)
+    ref, (h_ref, c_ref) = wd(x)
+    with torch.autocast("cpu", dtype=dtype):
+        out, (h, c) = wd(x)
+    assert out.dtype == h.dtype == c.dtype == torch.float32
+    torch.testing.assert_close((out, h, c), (ref, h_ref, c_ref), rtol=0, atol=0)
+    wd.train()
+    with torch.autocast("cpu", dtype=dtype):
+        out = wd(x)[0]
+    out.sum().backward()
+    assert wd.weight_hh_l0_raw.grad is not None and wd.weight_hh_l0_raw.grad.dtype == torch.float32
+
+
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 def test_weight_dropout_under_torch_compile_without_warnings(backend):
     wd = _wd_lstm()

@@ -107,11 +107,16 @@ def test_lmmodel6_two_layer_lstm_reaches_books_accuracy(chapter12):
         def reset(self):
             for h in self.h: h.zero_()
 
-    learn = Learner(dls, LMModel6(len(vocab), 64, 2), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=ModelReseter)
-    learn.fit_one_cycle(15, 1e-2)
-    # book: 0.758 (the notes: 0.753); here 0.60-0.78 over 13 runs (seeds 0-6, 1 and 2 threads), mean 0.72,
-    # and 0.604 with this test's seed 0 on 2 threads: the two-layer LSTM's result varies a lot with the init.
-    assert _final_accuracy(learn) > 0.58
+    accs = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        learn = Learner(dls, LMModel6(len(vocab), 64, 2), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=ModelReseter)
+        learn.fit_one_cycle(15, 1e-2)
+        accs.append(_final_accuracy(learn))
+    # book: 0.758 (the notes: 0.753). The two-layer LSTM's result varies a lot with the init and with the
+    # CPU's kernels: seeds 0-7 gave 0.58-0.80 (median 0.74) on an AVX2 AMD EPYC, and 0.60-0.78 over 13 runs
+    # on an AVX-512 Intel CPU. One seed can land low on some machine, so the median of three is checked.
+    assert sorted(accs)[1] > 0.62, accs
 
 
 def test_lmmodel7_regularized_lstm_with_text_learner_reaches_books_accuracy(chapter12):

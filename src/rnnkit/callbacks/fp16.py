@@ -2,10 +2,12 @@
 dynamic loss scaling with `torch.amp.GradScaler`. Works on CPU, CUDA and MPS autocast."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
+from rnnkit import utils
 from rnnkit.training.callback import Callback
 from rnnkit.training.events import CancelStepException
 
@@ -41,6 +43,10 @@ class MixedPrecision(Callback):
 
     Gradients are unscaled in `before_step`, so callbacks that run after it (`GradientClip`)
     see true gradients. A step whose gradients overflowed is skipped (`CancelStepException`).
+
+    On a CPU that does not compute `dtype` natively (bfloat16 needs AVX-512, float16 AVX512-FP16 or
+    AMX), it warns and trains in float32: there PyTorch's LSTM kernel fails under autocast and its
+    matmuls run several times slower than in float32. `enabled` says which way the fit runs.
     """
 
     order = 10
@@ -56,18 +62,40 @@ class MixedPrecision(Callback):
         self.backoff_factor, self.growth_interval = backoff_factor, growth_interval
         self.scaler: torch.amp.GradScaler | None = None
         self._autocast: Any = None
+        self.enabled, self._warned = True, False
 
     def _device_type(self) -> str:
         p = next(self.learn.model.parameters(), None)
         return p.device.type if p is not None else "cpu"
 
+    def _decide(self) -> None:
+        self.enabled = self._device_type() != "cpu" or utils.cpu_computes_natively(self.dtype)
+        if not self.enabled and not self._warned:
+            self._warned = True
+            name = str(self.dtype).removeprefix("torch.")
+            warnings.warn(f"MixedPrecision({name}): this CPU has no native {name} (it needs "
+                          f"{'AVX-512' if self.dtype == torch.bfloat16 else 'AVX512-FP16 or AMX'}): "
+                          "PyTorch's LSTM cannot run under autocast here and its matmuls would be several "
+                          "times slower than float32, so it trains in float32. Remove to_fp16()/"
+                          "to_bf16() (or --precision) to silence this.", RuntimeWarning, stacklevel=2)
+
     def before_fit(self) -> None:
+        self._warned = False
+        self._decide()
+        self.scaler = None
+        if not self.enabled:
+            return
         if self.dtype == torch.float16:
             self.scaler = torch.amp.GradScaler(
                 self._device_type(), init_scale=self.init_scale, growth_factor=self.growth_factor,
                 backoff_factor=self.backoff_factor, growth_interval=self.growth_interval)
 
+    def before_validate(self) -> None:
+        self._decide()  # also for a `validate()` outside `fit`
+
     def before_batch(self) -> None:
+        if not self.enabled:
+            return
         self._autocast = torch.autocast(device_type=self._device_type(), dtype=self.dtype)
         self._autocast.__enter__()
 

@@ -13,6 +13,8 @@ from torch import Tensor, _VF, nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
 
+from rnnkit.utils import cpu_computes_natively
+
 __all__ = ["EmbeddingDropout", "RNNDropout", "WeightDropout", "dropout_mask"]
 
 
@@ -107,6 +109,11 @@ _RNN_FUNCS: dict[str, Callable[..., Any]] = {
     "LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
 
 
+def _cpu_autocast_cannot_run_rnn(x: Tensor) -> bool:
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and not cpu_computes_natively(torch.get_autocast_dtype("cpu")))
+
+
 class WeightDropout(nn.Module):
     """DropConnect on weights of `module` (by default an LSTM's hidden-to-hidden matrix), a new mask per
     training forward; `nn.LSTM`/`nn.GRU`/`nn.RNN` still run PyTorch's fused kernel.
@@ -172,8 +179,16 @@ class WeightDropout(nn.Module):
             flat = self._one_chunk_for_cudnn(flat)
         # One call into the fused kernel (cuDNN, oneDNN or ATen's), exactly what nn.LSTM.forward makes,
         # with the dropped weights in place of the module's own.
-        res = _RNN_FUNCS[rnn.mode](input, hx, flat, rnn.bias, rnn.num_layers, float(rnn.dropout),
-                                   rnn.training, rnn.bidirectional, rnn.batch_first)
+        kernel = _RNN_FUNCS[rnn.mode]
+        args = (rnn.bias, rnn.num_layers, float(rnn.dropout), rnn.training, rnn.bidirectional, rnn.batch_first)
+        if _cpu_autocast_cannot_run_rnn(input):
+            # oneDNN has no LSTM/GRU in this autocast dtype on this CPU (plain nn.LSTM fails here):
+            # run the kernel in float32, as autocast does for ops it has no low-precision kernel for.
+            with torch.autocast("cpu", enabled=False):
+                hx = tuple(h.float() for h in hx) if isinstance(hx, tuple) else hx.float()
+                res = kernel(input.float(), hx, [w.float() for w in flat], *args)
+        else:
+            res = kernel(input, hx, flat, *args)
         if rnn.mode == "LSTM":
             return res[0], (res[1], res[2])
         return res[0], res[1]

@@ -297,6 +297,33 @@ def test_the_plan_is_kept_between_steps():
     assert opt._plan is plan
 
 
+def test_groups_with_equal_hypers_step_in_one_kernel_call(monkeypatch):
+    import rnnkit.optim.foreach as fe
+
+    calls = []
+    run_fused = fe._run_fused
+    monkeypatch.setattr(fe, "_run_fused", lambda *a: calls.append(len(a[4])) or run_fused(*a))
+    shapes = [(3, 4), (5,), (2, 2), (1,), (6,), (2, 3)]
+    ps = make_params(shapes, groups=3)
+    ref = make_params(shapes, groups=3)
+    opt, opt_ref = Adam(ps, lr=1e-2, wd=0.1), Adam(ref, lr=1e-2, wd=0.1)
+    opt_ref.impl = "per_param"
+    for s in range(3):
+        for o, q in ((opt, ps), (opt_ref, ref)):
+            set_grads(q, seed=s)
+            o.step()
+    assert calls == [6, 6, 6]  # one call for all three groups' parameters, every step
+    assert_same(ref, opt_ref, ps, opt)
+    calls.clear()
+    for o in (opt, opt_ref):
+        o.set_hyper("lr", slice(1e-3, 1e-2))  # discriminative lrs: one call per group
+    for o, q in ((opt, ps), (opt_ref, ref)):
+        set_grads(q, seed=5)
+        o.step()
+    assert calls == [2, 2, 2]
+    assert_same(ref, opt_ref, ps, opt)
+
+
 def test_built_in_steps_allocate_no_parameter_sized_temporaries():
     ps = [[torch.randn(256, 256), torch.randn(256)]]
     for make in (partial(Adam, lr=1e-3), partial(SGD, lr=0.1, mom=0.9, wd=0.1), partial(RMSProp, lr=1e-3),

@@ -135,6 +135,7 @@ class _Bucket:
     def __init__(self, group: int, flags: dict[str, Any], tensor_keys: Sequence[str],
                  fused: bool) -> None:
         self.group, self.fused = group, fused
+        self.kind: tuple[Any, ...] = ()
         self.params: list[Tensor] = []
         self.set_layout(flags, tensor_keys)
 
@@ -227,6 +228,7 @@ class _Plan:
                     fused = (self.fused is not None and p.dtype in FUSED_DTYPES
                              and p.device.type in ("cpu", "cuda"))
                     bucket = by_key[bkey] = _Bucket(gi, flags, tensor_keys, fused)
+                    bucket.kind = bkey[1:]  # buckets of one kind from groups with equal hypers step together
                 bucket.params.append(p)
         self.buckets = list(by_key.values())
         self.frozen_flags = list(map(_FORCE_TRAIN, map(state.__getitem__, self.frozen)))
@@ -275,14 +277,51 @@ def batched_step(opt: Any) -> bool:
             break
     if work is None or plan is None:
         return False
-    for b, (grads, sts, kwargs) in work:
-        hyper = opt.hypers[b.group]
+    for hyper, part in _merge_equal_groups(work, opt.hypers):
+        params = [p for b, _ in part for p in b.params]
+        grads = [g for _, (gs, _, _) in part for g in gs]
+        kwargs = dict(part[0][1][2])
+        if len(part) > 1:
+            for k in part[0][0].tensor_keys:
+                kwargs[k] = [t for _, (_, _, kw) in part for t in kw[k]]
         old = dict(kwargs)
-        if b.fused:
+        b0 = part[0][0]
+        if b0.fused:
             assert plan.fused is not None
-            new = _run_fused(plan.cbs, plan.twins, plan.fused, plan.fused_needs, b.params, grads,
-                             kwargs, hyper)
+            new = _run_fused(plan.cbs, plan.twins, plan.fused, plan.fused_needs, params, grads, kwargs, hyper)
         else:
-            new = _run_twins(plan.cbs, plan.twins, b.params, grads, kwargs, hyper)
-        b.write_back(sts, old, new)
+            new = _run_twins(plan.cbs, plan.twins, params, grads, kwargs, hyper)
+        if len(part) == 1:
+            b0.write_back(part[0][1][1], old, new)
+            continue
+        start = 0
+        for b, (_, sts, kw) in part:
+            stop = start + len(b.params)
+            # a list the step returned unchanged is the bucket's own list again, so write_back skips it
+            mine = {k: (kw[k] if v is old.get(k) else v[start:stop]) if isinstance(v, list) else v
+                    for k, v in new.items()}
+            b.write_back(sts, kw, mine)
+            start = stop
     return True
+
+
+def _merge_equal_groups(work: list[tuple[_Bucket, Any]], hypers: Sequence[dict[str, Any]]
+                        ) -> list[tuple[dict[str, Any], list[tuple[_Bucket, Any]]]]:
+    """Buckets of the same kind whose parameter groups have equal hyper-parameters (the usual case:
+    one lr and wd for all of a model's groups) run as one kernel call instead of one per group."""
+    merged: dict[Any, tuple[dict[str, Any], list[tuple[_Bucket, Any]]]] = {}
+    out = []
+    for item in work:
+        b = item[0]
+        hyper = hypers[b.group]
+        try:
+            key = (b.kind, tuple(sorted(hyper.items())))
+            hash(key)
+        except TypeError:  # an unhashable hyper-parameter: this bucket steps alone
+            out.append((hyper, [item]))
+            continue
+        if key in merged:
+            merged[key][1].append(item)
+        else:
+            merged[key] = (hyper, [item])
+    return list(merged.values()) + out

@@ -127,12 +127,13 @@ def _ar_tar_reference(out, raw, alpha, beta):
 
 
 @settings(max_examples=40, deadline=None)
-@given(bs=st.integers(1, 4), seq_len=st.integers(1, 7), n=st.integers(1, 5),
+@given(bs=st.integers(1, 4), seq_len=st.integers(1, 7), feat=st.lists(st.integers(1, 5), max_size=2),
        alpha=st.sampled_from([0.0, 0.5, 2.0]), beta=st.sampled_from([0.0, 1.0, 3.0]), seed=st.integers(0, 99))
-def test_ar_tar_value_and_gradients_match_autograd(bs, seq_len, n, alpha, beta, seed):
+def test_ar_tar_value_and_gradients_match_autograd(bs, seq_len, feat, alpha, beta, seed):
     g = torch.Generator().manual_seed(seed)
-    out0, raw0 = torch.randn(bs, seq_len, n, generator=g, dtype=torch.float64), \
-        torch.randn(bs, seq_len, n, generator=g, dtype=torch.float64)
+    shape = (bs, seq_len, *feat)  # (bs, seq_len), (bs, seq_len, n) or (bs, seq_len, n, m)
+    out0, raw0 = torch.randn(shape, generator=g, dtype=torch.float64), \
+        torch.randn(shape, generator=g, dtype=torch.float64)
     out, raw = out0.clone().requires_grad_(), raw0.clone().requires_grad_()
     ref_out, ref_raw = out0.clone().requires_grad_(), raw0.clone().requires_grad_()
     loss = ar_tar(out, raw, alpha, beta)

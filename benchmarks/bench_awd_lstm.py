@@ -1,7 +1,8 @@
 """Training speed of the AWD-LSTM language model: what the dropouts cost, and what bf16 autocast buys.
 
 Run with nothing else on the machine:  .venv/bin/python benchmarks/bench_awd_lstm.py
-Options: --sizes fastai small, --steps N (timed steps per variant), --warmup N, --no-bf16.
+Options: --sizes fastai small, --steps N (timed steps per variant), --warmup N, --no-bf16,
+--reuse-freed-memory.
 
 One training step = forward, cross-entropy, backward, `torch.optim.AdamW(fused=True)` step.
 Variants, alternating step by step within one process (medians over the timed steps):
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnkit.models.awd_lstm import AWD_LSTM, AWD_LSTM_CONFIGS, get_language_model
-from rnnkit.utils import cpu_computes_natively
+from rnnkit.utils import cpu_computes_natively, reuse_freed_memory
 
 SIZES = {
     "fastai": dict(config="fastai", vocab_sz=10_000, bs=32, bptt=70),
@@ -119,8 +120,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reuse-freed-memory", action="store_true",
+                   help="call rnnkit.utils.reuse_freed_memory() first, as the rnnkit command does (both variants gain)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.reuse_freed_memory:
+        print(f"reuse_freed_memory(): {reuse_freed_memory()}")
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if not args.no_bf16 and not cpu_computes_natively(torch.bfloat16):

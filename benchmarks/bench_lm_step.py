@@ -2,7 +2,7 @@
 
 Run with nothing else on the machine:  .venv/bin/python benchmarks/bench_lm_step.py
 Options: --sizes fastai small, --chunk N (batches per timed chunk), --reps N, --loss-epochs N,
---loss-batches N, --no-loss, --no-bf16.
+--loss-batches N, --no-loss, --no-bf16, --reuse-freed-memory.
 
 rnnkit  `language_model_learner(dls, AWD_LSTM, config)` trained with `fit_one_cycle`: all five dropouts,
         AR (alpha=2) and TAR (beta=1), ModelResetter, rnnkit's default Adam with weight decay, the
@@ -47,7 +47,7 @@ from rnnkit.data.vocab import Vocab  # noqa: E402
 from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS  # noqa: E402
 from rnnkit.text.learner import language_model_learner  # noqa: E402
 from rnnkit.training.callback import Callback  # noqa: E402
-from rnnkit.utils import cpu_computes_natively  # noqa: E402
+from rnnkit.utils import cpu_computes_natively, reuse_freed_memory  # noqa: E402
 
 DEFAULT_PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
 
@@ -195,8 +195,12 @@ def main() -> None:
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--ptb", type=Path, default=DEFAULT_PTB)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reuse-freed-memory", action="store_true",
+                   help="call rnnkit.utils.reuse_freed_memory() first, as the rnnkit command does (both variants gain)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.reuse_freed_memory:
+        print(f"reuse_freed_memory(): {reuse_freed_memory()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if not args.no_bf16 and not cpu_computes_natively(torch.bfloat16):
         print("this CPU has no native bf16 (no AVX-512): nn.LSTM fails under bf16 autocast here; bf16 skipped")

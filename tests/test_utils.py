@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -202,3 +203,34 @@ def test_camel2snake_and_class2attr_follow_fastai_naming():
     assert class2attr(Recorder(), "Callback") == "recorder"
     assert class2attr(Callback(), "Callback") == "callback"
     assert class2attr(TrainEvalCallback, "Callback") == "train_eval"
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+from rnnkit.utils import reuse_freed_memory
+applied = reuse_freed_memory() if sys.argv[1] == "on" else None
+def faults_of_a_fresh_64mb_block():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(16 * 1024 * 1024).fill_(1.0)  # 64 MiB, freed again at once
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_a_fresh_64mb_block()
+print(applied, faults_of_a_fresh_64mb_block())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_reuse_freed_memory_stops_page_faults_on_reallocated_large_blocks():
+    import subprocess
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0], int(out[1])
+
+    _, faults_default = run("off")
+    applied, faults_reused = run("on")
+    if applied != "True":
+        pytest.skip("not glibc: mallopt had no effect")
+    pages = 64 * 1024 * 1024 // 4096
+    assert faults_default > pages // 2  # by default the block is mapped afresh: every page faults
+    assert faults_reused < pages // 20  # now it comes back from the heap, already mapped

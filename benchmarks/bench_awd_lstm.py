@@ -113,24 +113,34 @@ def bench(size: str, steps: int, warmup: int,
             {k: statistics.median(v) for k, v in cpu.items()})
 
 
+def add_machine_args(p: argparse.ArgumentParser) -> None:
+    """The options both AWD-LSTM benchmarks take for how the machine runs them."""
+    p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reuse-freed-memory", action="store_true",
+                   help="call rnnkit.utils.reuse_freed_memory() first, as the rnnkit command does (both variants gain)")
+
+
+def set_up_machine(args: argparse.Namespace) -> None:
+    """Threads and allocator as asked; bf16 off (with a note) on a CPU without native bf16."""
+    torch.set_num_threads(args.threads)
+    if args.reuse_freed_memory:
+        print(f"reuse_freed_memory(): {reuse_freed_memory()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if not args.no_bf16 and not cpu_computes_natively(torch.bfloat16):
+        print("this CPU has no native bf16 (no AVX-512): nn.LSTM fails under bf16 autocast here; bf16 skipped")
+        args.no_bf16 = True
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=["small", "fastai"], choices=list(SIZES))
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 5 fastai, 40 small)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--no-bf16", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reuse-freed-memory", action="store_true",
-                   help="call rnnkit.utils.reuse_freed_memory() first, as the rnnkit command does (both variants gain)")
+    add_machine_args(p)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.reuse_freed_memory:
-        print(f"reuse_freed_memory(): {reuse_freed_memory()}")
+    set_up_machine(args)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if not args.no_bf16 and not cpu_computes_natively(torch.bfloat16):
-        print("this CPU has no native bf16 (no AVX-512): nn.LSTM fails under bf16 autocast here; bf16 skipped")
-        args.no_bf16 = True
     for size in args.sizes:
         s = SIZES[size]
         steps = args.steps or (5 if size == "fastai" else 40)

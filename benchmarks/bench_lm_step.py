@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 os.environ.setdefault("RNNKIT_NO_PROGRESS", "1")
 
-from bench_awd_lstm import PlainLM  # noqa: E402  (same directory)
+from bench_awd_lstm import PlainLM, add_machine_args, set_up_machine  # noqa: E402  (same directory)
 
 from rnnkit.data.corpora import read_corpus  # noqa: E402
 from rnnkit.data.text import TextDataLoaders  # noqa: E402
@@ -47,7 +47,6 @@ from rnnkit.data.vocab import Vocab  # noqa: E402
 from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS  # noqa: E402
 from rnnkit.text.learner import language_model_learner  # noqa: E402
 from rnnkit.training.callback import Callback  # noqa: E402
-from rnnkit.utils import cpu_computes_natively, reuse_freed_memory  # noqa: E402
 
 DEFAULT_PTB = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
 
@@ -192,19 +191,10 @@ def main() -> None:
     p.add_argument("--loss-batches", type=int, default=None,
                    help="training batches per epoch for the loss (default: 40 for fastai, the whole split for small)")
     p.add_argument("--no-loss", action="store_true", help="skip the bf16 validation-loss comparison")
-    p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--ptb", type=Path, default=DEFAULT_PTB)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reuse-freed-memory", action="store_true",
-                   help="call rnnkit.utils.reuse_freed_memory() first, as the rnnkit command does (both variants gain)")
+    add_machine_args(p)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.reuse_freed_memory:
-        print(f"reuse_freed_memory(): {reuse_freed_memory()}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if not args.no_bf16 and not cpu_computes_natively(torch.bfloat16):
-        print("this CPU has no native bf16 (no AVX-512): nn.LSTM fails under bf16 autocast here; bf16 skipped")
-        args.no_bf16 = True
+    set_up_machine(args)
     precisions = [False] if args.no_bf16 else [False, True]
     for size in args.sizes:
         s = SIZES[size]

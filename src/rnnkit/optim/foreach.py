@@ -132,10 +132,11 @@ def _run_fused(cbs: Sequence[Stepper], twins: Sequence[Stepper], fused: Stepper,
 class _Bucket:
     """Parameters stepped together, and the state layout they shared when last checked."""
 
-    def __init__(self, group: int, flags: dict[str, Any], tensor_keys: Sequence[str],
-                 fused: bool) -> None:
-        self.group, self.fused = group, fused
-        self.kind: tuple[Any, ...] = ()
+    def __init__(self, group: int, kind: tuple[Any, ...], flags: dict[str, Any],
+                 tensor_keys: Sequence[str], fused: bool) -> None:
+        # `kind`: device, dtype and state layout; buckets of one kind from groups with equal hypers
+        # step together
+        self.group, self.kind, self.fused = group, kind, fused
         self.params: list[Tensor] = []
         self.set_layout(flags, tensor_keys)
 
@@ -227,8 +228,7 @@ class _Plan:
                 if bucket is None:
                     fused = (self.fused is not None and p.dtype in FUSED_DTYPES
                              and p.device.type in ("cpu", "cuda"))
-                    bucket = by_key[bkey] = _Bucket(gi, flags, tensor_keys, fused)
-                    bucket.kind = bkey[1:]  # buckets of one kind from groups with equal hypers step together
+                    bucket = by_key[bkey] = _Bucket(gi, bkey[1:], flags, tensor_keys, fused)
                 bucket.params.append(p)
         self.buckets = list(by_key.values())
         self.frozen_flags = list(map(_FORCE_TRAIN, map(state.__getitem__, self.frozen)))
@@ -284,16 +284,12 @@ def batched_step(opt: Any) -> bool:
         if len(part) > 1:
             for k in part[0][0].tensor_keys:
                 kwargs[k] = [t for _, (_, _, kw) in part for t in kw[k]]
-        old = dict(kwargs)
-        b0 = part[0][0]
-        if b0.fused:
+        old = dict(kwargs)  # the twins update `kwargs` in place
+        if part[0][0].fused:
             assert plan.fused is not None
             new = _run_fused(plan.cbs, plan.twins, plan.fused, plan.fused_needs, params, grads, kwargs, hyper)
         else:
             new = _run_twins(plan.cbs, plan.twins, params, grads, kwargs, hyper)
-        if len(part) == 1:
-            b0.write_back(part[0][1][1], old, new)
-            continue
         start = 0
         for b, (_, sts, kw) in part:
             stop = start + len(b.params)

@@ -219,10 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     os.environ.setdefault("MPLBACKEND", "Agg")
     from rnnkit.checkpoint import CheckpointError
+    from rnnkit.config import ConfigError
     from rnnkit.utils import reuse_freed_memory
 
     reuse_freed_memory()  # this process only trains or evaluates: keep freed memory for the next step
-    from rnnkit.config import ConfigError
 
     # TerminateOnNaNCallback warns; the command prints its own one-line message instead.
     warnings.filterwarnings("ignore", message="Loss is .* training stopped", category=RuntimeWarning)

@@ -88,6 +88,19 @@ def test_save_model_keeps_best_and_loads_it_at_end(make_learner, tmp_path):
     assert (tmp_path / "models" / "e_0.pth").exists() and (tmp_path / "models" / "e_1.pth").exists()
 
 
+class _OutputDtypes(Callback):
+    """The dtype the model's output has inside each batch, after MixedPrecision entered autocast."""
+
+    order = MixedPrecision.order + 1
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = []
+
+    def before_batch(self):
+        self.dtypes.append(self.model(self.x).dtype)
+
+
 @pytest.fixture
 def native_lowp(monkeypatch):
     """Make MixedPrecision treat this CPU as computing bf16/fp16 natively (or not): a Linear model runs
@@ -100,21 +113,14 @@ def native_lowp(monkeypatch):
 @pytest.mark.parametrize("meth", ["to_fp16", "to_bf16"])
 def test_mixed_precision_trains_on_cpu(make_learner, meth, native_lowp):
     native_lowp(True)
-    dtypes = []
-
-    class Probe(Callback):
-        order = MixedPrecision.order + 1
-
-        def before_batch(self):
-            dtypes.append(self.model(self.x).dtype)
-
-    learn = getattr(make_learner(lr=0.1, cbs=Probe()), meth)()
+    probe = _OutputDtypes()
+    learn = getattr(make_learner(lr=0.1, cbs=probe), meth)()
     before = learn.validate()[0]
     learn.fit(3)
     assert learn.validate()[0] < before
     assert learn.model.weight.dtype == torch.float32  # master weights stay fp32
     expected = torch.float16 if meth == "to_fp16" else torch.bfloat16
-    assert set(dtypes) == {expected}
+    assert set(probe.dtypes) == {expected}
     learn.to_fp32()
     assert learn.get_cb(MixedPrecision) is None
 
@@ -122,20 +128,13 @@ def test_mixed_precision_trains_on_cpu(make_learner, meth, native_lowp):
 @pytest.mark.parametrize("meth", ["to_fp16", "to_bf16"])
 def test_mixed_precision_warns_and_trains_in_fp32_on_a_cpu_without_that_dtype(make_learner, meth, native_lowp):
     native_lowp(False)
-    dtypes = []
-
-    class Probe(Callback):
-        order = MixedPrecision.order + 1
-
-        def before_batch(self):
-            dtypes.append(self.model(self.x).dtype)
-
-    learn = getattr(make_learner(lr=0.1, cbs=Probe()), meth)()
+    probe = _OutputDtypes()
+    learn = getattr(make_learner(lr=0.1, cbs=probe), meth)()
     with pytest.warns(RuntimeWarning, match="trains in float32"):
         before = learn.validate()[0]
         learn.fit(2)
     assert learn.validate()[0] < before
-    assert set(dtypes) == {torch.float32}
+    assert set(probe.dtypes) == {torch.float32}
     assert not learn.mixed_precision.enabled and learn.mixed_precision.scaler is None
 
 

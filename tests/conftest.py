@@ -6,11 +6,18 @@ import os
 import matplotlib
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 
 matplotlib.use("Agg")
 os.environ.setdefault("RNNKIT_NO_PROGRESS", "1")
 torch.set_num_threads(2)
+
+# Property tests draw the same examples on every run (CI must not pass or fail by luck) and keep no
+# example database between runs. `HYPOTHESIS_PROFILE=explore` draws fresh random examples instead.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 

@@ -180,3 +180,52 @@ def test_torch_optimizer_through_wrapper(make_learner):
     learn.fit_one_cycle(3)
     assert learn.validate()[0] < before
     assert learn.opt.hypers[0]["mom"] == pytest.approx(0.95, abs=0.01)
+
+
+class _GradsAfterStep(Callback):
+    """Records, after each training batch, whether the parameters still hold gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[bool]] = []
+
+    def after_batch(self) -> None:
+        if self.training:
+            self.seen.append([p.grad is not None for p in self.learn.model.parameters()])
+
+
+def test_gradients_are_dropped_after_each_step(make_learner):
+    # torch.optim's default: the next backward writes fresh gradient buffers instead of adding
+    # into zeroed ones; training is unchanged.
+    rec = _GradsAfterStep()
+    learn = make_learner(cbs=rec, lr=0.1)
+    before = learn.validate()[0]
+    learn.fit(2)
+    assert rec.seen and not any(any(s) for s in rec.seen)
+    assert learn.validate()[0] < before
+
+
+def test_optimizer_whose_zero_grad_takes_no_arguments(make_learner):
+    # A user's own optimizer (like the Training Process chapter's) has `zero_grad(self)`: it is called as is.
+    class BasicOptim:
+        def __init__(self, params, lr):
+            self.params, self.hypers, self.zeroed = [p for g in params for p in g], [{"lr": lr}], 0
+
+        def set_hypers(self, **kwargs):
+            self.hypers[0].update(kwargs)
+
+        def step(self):
+            for p in self.params:
+                p.data -= p.grad * self.hypers[0]["lr"]
+
+        def zero_grad(self):
+            self.zeroed += 1
+            for p in self.params:
+                p.grad = None
+
+    rec = _GradsAfterStep()
+    learn = make_learner(opt_func=BasicOptim, cbs=rec, lr=0.1, splitter=lambda m: [list(m.parameters())])
+    before = learn.validate()[0]
+    learn.fit(1)
+    assert learn.opt.zeroed == len(rec.seen) == len(learn.dls.train)
+    assert learn.validate()[0] < before

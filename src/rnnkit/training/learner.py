@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import inspect
 import math
 import os
 import tempfile
@@ -140,6 +141,7 @@ class Learner:
         self.model_dir, self.wd, self.wd_bn_bias, self.train_bn = Path(model_dir), wd, wd_bn_bias, train_bn
         self.moms = moms
         self.opt: Any = None
+        self._drops_grads: tuple[Any, bool] = (None, False)  # (optimizer, its zero_grad takes set_to_none)
         self.logger: Callable = print
         self.training = False
         self.epoch = self.iter = self.n_iter = self.train_iter = 0
@@ -357,13 +359,30 @@ class Learner:
         self("after_pred")
         if len(self.yb):
             self.loss_grad = self.loss_func(self.pred, *self.yb)
-            self.loss = self.loss_grad.clone()
+            self.loss = self.loss_grad.detach().clone()  # for the record: no autograd node
         self("after_loss")
         if not self.training or not len(self.yb):
             return
         self._with_events(self._backward, "backward", CancelBackwardException)
         self._with_events(self._step, "step", CancelStepException)
-        self.opt.zero_grad()
+        self._zero_grad()
+
+    def _zero_grad(self) -> None:
+        # Drop the gradients rather than zero them, as torch.optim does by default: the next backward
+        # then hands each parameter its gradient buffer instead of adding into a zeroed one (two
+        # passes fewer per parameter and step). Optimizers whose zero_grad takes no `set_to_none`
+        # (a user's own, such as the Training Process chapter's) are called as they are.
+        opt = self.opt
+        if self._drops_grads[0] is not opt:
+            try:
+                takes = "set_to_none" in inspect.signature(opt.zero_grad).parameters
+            except (TypeError, ValueError):  # no signature to read
+                takes = False
+            self._drops_grads = (opt, takes)
+        if self._drops_grads[1]:
+            opt.zero_grad(set_to_none=True)
+        else:
+            opt.zero_grad()
 
     def _backward(self) -> None:
         self.loss_grad.backward()

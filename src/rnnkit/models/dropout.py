@@ -28,17 +28,21 @@ def _check_p(p: float, name: str) -> float:
 _BITS16_REL_TOL = 1e-3
 
 
-def _keep_mask_bits16(sz: Sequence[int], drop: int, device: torch.device) -> Tensor:
-    """Boolean keep-mask from 16-bit random integers that drops with probability `drop / 65536`.
+def _mask_bits16(sz: Sequence[int], drop: int, scale: float, dtype: torch.dtype,
+                 device: torch.device) -> Tensor:
+    """`scale` where a 16-bit random integer is not among the lowest `drop` of 65536, else 0.
 
     PyTorch's CPU generator fills tensors one number at a time on one core, and that dominated the cost
     of weight dropout (tens of ms per step for an AWD-LSTM's 11M hidden-to-hidden weights). One 64-bit
-    draw gives four 16-bit numbers, so this needs a quarter of the draws of `torch.rand(sz) >= p`.
+    draw gives four 16-bit numbers, so this needs a quarter of the draws of `torch.rand(sz) >= p`; the
+    comparison writes the mask straight in `dtype` (no boolean tensor to convert).
     """
     n = math.prod(sz)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
+    mask = torch.empty(sz, dtype=dtype, device=device)
     # Each int16 is one of 65536 equally likely values in [-32768, 32767]; the lowest `drop` are dropped.
-    return bits.view(torch.int16)[:n].view(tuple(sz)) >= drop - 32768
+    torch.ge(bits.view(torch.int16)[:n].view(mask.shape), drop - 32768, out=mask)
+    return mask.mul_(scale)
 
 
 def dropout_mask(x: Tensor, sz: Sequence[int], p: float) -> Tensor:
@@ -52,12 +56,10 @@ def dropout_mask(x: Tensor, sz: Sequence[int], p: float) -> Tensor:
         return x.new_zeros(sz)
     drop = round(p * 65536)
     if x.device.type == "cpu" and 0 < drop < 65536 and abs(drop / 65536 - p) <= _BITS16_REL_TOL * p:
-        p = drop / 65536  # the probability the mask really has
-        keep = _keep_mask_bits16(sz, drop, x.device)
-    else:
-        # `rand >= p` is Bernoulli(1 - p), faster than `bernoulli_(1 - p)`; float32 so that low-precision
-        # dtypes do not bias the keep probability. Accelerators' generators are parallel: no need for bits.
-        keep = torch.rand(sz, device=x.device, dtype=torch.float32) >= p
+        return _mask_bits16(sz, drop, 65536 / (65536 - drop), x.dtype, x.device)
+    # `rand >= p` is Bernoulli(1 - p), faster than `bernoulli_(1 - p)`; float32 so that low-precision
+    # dtypes do not bias the keep probability. Accelerators' generators are parallel: no need for bits.
+    keep = torch.rand(sz, device=x.device, dtype=torch.float32) >= p
     return keep.to(x.dtype).mul_(1 / (1 - p))
 
 

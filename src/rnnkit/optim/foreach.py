@@ -179,10 +179,18 @@ class _Bucket:
             else:
                 for st in sts:
                     st[k] = v
-        if new:
-            flags = {k: v for k, v in {**self.flags, **new}.items() if not isinstance(v, list)}
-            made = [k for k, v in new.items() if isinstance(v, list)]
-            self.set_layout(flags, sorted({*self.tensor_keys, *made}))
+        if not new:
+            return
+        flags = {k: v for k, v in new.items() if not isinstance(v, list)}
+        if flags.keys() <= self.flags.keys() and all(k in self.tensor_keys for k in new if k not in flags):
+            # The usual step: same keys, new flag values (Adam's step count); no new layout to build.
+            if flags:
+                self.flags = {**self.flags, **flags}
+                self.flag_values = self.flag_getter(self.flags)  # type: ignore[misc]  # flags non-empty
+            return
+        flags = {k: v for k, v in {**self.flags, **new}.items() if not isinstance(v, list)}
+        made = [k for k, v in new.items() if isinstance(v, list)]
+        self.set_layout(flags, sorted({*self.tensor_keys, *made}))
 
 
 class _Plan:
@@ -305,19 +313,18 @@ def _merge_equal_groups(work: list[tuple[_Bucket, Any]], hypers: Sequence[dict[s
                         ) -> list[tuple[dict[str, Any], list[tuple[_Bucket, Any]]]]:
     """Buckets of the same kind whose parameter groups have equal hyper-parameters (the usual case:
     one lr and wd for all of a model's groups) run as one kernel call instead of one per group."""
-    merged: dict[Any, tuple[dict[str, Any], list[tuple[_Bucket, Any]]]] = {}
-    out = []
+    merged: list[tuple[tuple[Any, ...], dict[str, Any], list[tuple[_Bucket, Any]]]] = []
     for item in work:
         b = item[0]
         hyper = hypers[b.group]
-        try:
-            key = (b.kind, tuple(sorted(hyper.items())))
-            hash(key)
-        except TypeError:  # an unhashable hyper-parameter: this bucket steps alone
-            out.append((hyper, [item]))
-            continue
-        if key in merged:
-            merged[key][1].append(item)
+        for kind, h, items in merged:  # a handful of groups: a scan beats hashing sorted items
+            try:
+                same = kind == b.kind and (h is hyper or bool(h == hyper))
+            except (RuntimeError, TypeError):  # e.g. a hyper-parameter tensor of several values
+                same = False
+            if same:
+                items.append(item)
+                break
         else:
-            merged[key] = (hyper, [item])
-    return list(merged.values()) + out
+            merged.append((b.kind, hyper, [item]))
+    return [(h, items) for _, h, items in merged]

@@ -297,6 +297,26 @@ def test_the_plan_is_kept_between_steps():
     assert opt._plan is plan
 
 
+def test_a_new_step_count_keeps_the_bucket_layout(monkeypatch):
+    # Adam's state keys are fixed after the first step; only the step count changes. Rebuilding the
+    # layout each step was wasted Python, and the kept layout must still see the new count.
+    import rnnkit.optim.foreach as fe
+
+    layouts = []
+    set_layout = fe._Bucket.set_layout
+    monkeypatch.setattr(fe._Bucket, "set_layout", lambda self, *a: layouts.append(1) or set_layout(self, *a))
+    ps, ref = make_params([(3,), (2,)]), make_params([(3,), (2,)])
+    opt, opt_ref = Adam(ps, lr=1e-2), Adam(ref, lr=1e-2)
+    opt_ref.impl = "per_param"
+    for s in range(5):
+        for o, q in ((opt, ps), (opt_ref, ref)):
+            set_grads(q, seed=s)
+            o.step()
+    assert len(layouts) == 2  # when the bucket is built, and when the first step adds the state
+    assert all(opt.state[p]["step"] == 5 for g in ps for p in g)
+    assert_same(ref, opt_ref, ps, opt)
+
+
 def test_groups_with_equal_hypers_step_in_one_kernel_call(monkeypatch):
     import rnnkit.optim.foreach as fe
 

@@ -1,8 +1,8 @@
 """The whole rnnkit training step of an AWD-LSTM language model against a plain PyTorch nn.LSTM loop.
 
 Run with nothing else on the machine:  .venv/bin/python benchmarks/bench_lm_step.py
-Options: --sizes fastai small, --chunk N (batches per timed chunk), --reps N, --loss-epochs N,
---loss-batches N, --no-loss, --no-bf16, --reuse-freed-memory.
+Options: --sizes small small-b32x70 fastai, --chunk N (batches per timed chunk), --reps N, --loss-epochs N,
+--loss-batches N, --no-loss, --no-bf16, --reuse-freed-memory, --ablate.
 
 rnnkit  `language_model_learner(dls, AWD_LSTM, config)` trained with `fit_one_cycle`: all five dropouts,
         AR (alpha=2) and TAR (beta=1), ModelResetter, rnnkit's default Adam with weight decay, the
@@ -19,19 +19,22 @@ weights and data order in fp32 and in bf16, then the validation loss of a whole-
 (`evaluate_lm`); a second fp32 run from another seed gives the seed-to-seed spread to compare it with.
 
 Sizes: fastai (fastai's AWD-LSTM LM config, emb 400, hid 1152, 3 layers; bs 32, bptt 70; Penn Treebank,
-vocab 10,000) and small (the `small` preset the command line trains; bs 64, bptt 16; Human Numbers).
+vocab 10,000), small (the `small` preset the command line trains, with its batches: bs 64, bptt 16;
+Human Numbers) and small-b32x70 (the same model with fastai's batch shape, bs 32, bptt 70).
 PTB is read from ../shared/data/ptb (or --ptb); without it the speed part uses random ids over 10,000.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import random
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -55,6 +58,10 @@ SIZES = {
                    loss_batches=40, loss_epochs=1, valid_tokens=32 * 70 * 10),
     "small": dict(config="small", corpus="human_numbers", bs=64, bptt=16, lr=1e-2, chunk=20, reps=25,
                   loss_batches=None, loss_epochs=4, valid_tokens=None),
+    # the same small model with fastai's batch shape: the per-step costs that do not grow with the
+    # batch (weight-dropout masks, the Learner's Python) weigh 4x less than at bs 64 x bptt 16
+    "small-b32x70": dict(config="small", corpus="human_numbers", bs=32, bptt=70, lr=1e-2, chunk=5, reps=25,
+                         loss_batches=None, loss_epochs=4, valid_tokens=None),
 }
 
 
@@ -93,10 +100,33 @@ def make_dls(train: np.ndarray, valid: np.ndarray, vocab: Vocab, bs: int, bptt: 
     return TextDataLoaders.from_tensors(train, valid, vocab, bs=bs, seq_len=bptt, seed=0)
 
 
-def make_learner(dls: TextDataLoaders, size: str, bf16: bool, seed: int = 0):
+# --ablate: rnnkit Learners with parts of the regularization switched off, to show where the time goes
+ABLATIONS = {"rnnkit, no dropouts": dict(dropouts=False, ar_tar=True),
+             "rnnkit, no AR/TAR": dict(dropouts=True, ar_tar=False),
+             "rnnkit, neither": dict(dropouts=False, ar_tar=False)}
+
+
+def make_learner(dls: TextDataLoaders, size: str, bf16: bool, seed: int = 0, dropouts: bool = True,
+                 ar_tar: bool = True):
     torch.manual_seed(seed)
-    learn = language_model_learner(dls, config=SIZES[size]["config"], metrics=[], cbs=TrainTimer())
+    cfg = AWD_LSTM_CONFIGS[SIZES[size]["config"]]
+    if not dropouts:
+        cfg = dataclasses.replace(cfg, output_p=0.0, hidden_p=0.0, input_p=0.0, embed_p=0.0, weight_p=0.0)
+    kw = {} if ar_tar else dict(alpha=0.0, beta=0.0)
+    learn = language_model_learner(dls, config=cfg, metrics=[], cbs=TrainTimer(), **kw)
     return learn.to_bf16() if bf16 else learn
+
+
+def learner_runner(learn, lr: float) -> Callable[[], float]:
+    """Seconds of one `fit_one_cycle(1)` training phase of `learn`."""
+    timer = learn.get_cb(TrainTimer)
+
+    def run() -> float:
+        with learn.no_logging():
+            learn.fit_one_cycle(1, lr)
+        return timer.times[-1]
+
+    return run
 
 
 def plain_chunk(model: PlainLM, opt: torch.optim.Optimizer, batches: torch.Tensor, bptt: int,
@@ -117,7 +147,8 @@ def plain_chunk(model: PlainLM, opt: torch.optim.Optimizer, batches: torch.Tenso
 
 
 def bench_speed(size: str, train: np.ndarray, valid: np.ndarray, vocab: Vocab, chunk: int, reps: int,
-                precisions: list[bool]) -> tuple[dict[tuple[str, bool], float], dict[bool, list[float]]]:
+                precisions: list[bool], ablate: bool = False
+                ) -> tuple[dict[tuple[str, bool], float], dict[bool, list[float]]]:
     """Median tokens/s by (variant, bf16), and by precision the rnnkit/plain tokens/s ratio of each round
     (the two chunks of a round ran seconds apart: the ratio is robust to the machine's slow drifts)."""
     s = SIZES[size]
@@ -130,19 +161,15 @@ def bench_speed(size: str, train: np.ndarray, valid: np.ndarray, vocab: Vocab, c
     runners = {}
     for bf16 in precisions:
         learn = make_learner(dls, size, bf16)
-        timer = learn.get_cb(TrainTimer)
-
-        def run_learner(learn=learn, timer=timer) -> float:
-            with learn.no_logging():
-                learn.fit_one_cycle(1, s["lr"])
-            return timer.times[-1]
-
         torch.manual_seed(0)
         model = PlainLM(len(vocab), cfg.emb_sz, cfg.n_hid, cfg.n_layers)
         opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], fused=True)
-        runners[("rnnkit", bf16)] = run_learner
+        runners[("rnnkit", bf16)] = learner_runner(learn, s["lr"])
         runners[("plain", bf16)] = lambda model=model, opt=opt, bf16=bf16: plain_chunk(model, opt, rows, bptt, bf16)
         assert len(learn.dls.train) == chunk, (len(learn.dls.train), chunk)
+    if ablate:
+        for name, parts in ABLATIONS.items():
+            runners[(name, False)] = learner_runner(make_learner(dls, size, False, **parts), s["lr"])
     times: dict[tuple[str, bool], list[float]] = {k: [] for k in runners}
     order = list(runners)
     rng = random.Random(0)
@@ -184,13 +211,15 @@ def bench_loss(size: str, train: np.ndarray, valid: np.ndarray, vocab: Vocab, ep
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=["small", "fastai"], choices=list(SIZES))
+    p.add_argument("--sizes", nargs="+", default=["small", "small-b32x70", "fastai"], choices=list(SIZES))
     p.add_argument("--chunk", type=int, default=None, help="training batches per timed chunk")
     p.add_argument("--reps", type=int, default=None, help="timed chunks per variant (after one warm-up)")
     p.add_argument("--loss-epochs", type=int, default=None, help="training epochs before the validation loss")
     p.add_argument("--loss-batches", type=int, default=None,
                    help="training batches per epoch for the loss (default: 40 for fastai, the whole split for small)")
     p.add_argument("--no-loss", action="store_true", help="skip the bf16 validation-loss comparison")
+    p.add_argument("--ablate", action="store_true",
+                   help="also time rnnkit without the dropouts, without AR/TAR, and without both (fp32)")
     p.add_argument("--ptb", type=Path, default=DEFAULT_PTB)
     add_machine_args(p)
     args = p.parse_args()
@@ -200,11 +229,14 @@ def main() -> None:
         s = SIZES[size]
         train, valid, vocab, source = load_ids(size, args.ptb)
         chunk, reps = args.chunk or s["chunk"], args.reps or s["reps"]
-        tps, ratios = bench_speed(size, train, valid, vocab, chunk, reps, precisions)
+        tps, ratios = bench_speed(size, train, valid, vocab, chunk, reps, precisions, args.ablate)
         print(f"\n== {size}: {s['config']} config, vocab {len(vocab)}, bs {s['bs']}, bptt {s['bptt']}, {source}; "
               f"{reps} chunks of {chunk} batches per variant after one warm-up, medians ==")
         for (name, bf16), v in tps.items():
-            print(f"  {name:7s} {'bf16' if bf16 else 'fp32'}  {v:9.0f} tokens/s")
+            ms = s["bs"] * s["bptt"] / v * 1e3
+            extra = (f"  {ms - s['bs'] * s['bptt'] / tps[('plain', bf16)] * 1e3:+6.2f} ms/step over plain"
+                     if name != "plain" else "")
+            print(f"  {name:20s} {'bf16' if bf16 else 'fp32'}  {v:9.0f} tokens/s  {ms:8.2f} ms/step{extra}")
         for bf16 in precisions:
             tag = "bf16" if bf16 else "fp32"
             q1, med, q3 = statistics.quantiles(ratios[bf16], n=4)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import math
 import os
 import random
@@ -109,11 +108,9 @@ ABLATIONS = {"rnnkit, no dropouts": dict(dropouts=False, ar_tar=True),
 def make_learner(dls: TextDataLoaders, size: str, bf16: bool, seed: int = 0, dropouts: bool = True,
                  ar_tar: bool = True):
     torch.manual_seed(seed)
-    cfg = AWD_LSTM_CONFIGS[SIZES[size]["config"]]
-    if not dropouts:
-        cfg = dataclasses.replace(cfg, output_p=0.0, hidden_p=0.0, input_p=0.0, embed_p=0.0, weight_p=0.0)
     kw = {} if ar_tar else dict(alpha=0.0, beta=0.0)
-    learn = language_model_learner(dls, config=cfg, metrics=[], cbs=TrainTimer(), **kw)
+    learn = language_model_learner(dls, config=SIZES[size]["config"], drop_mult=1.0 if dropouts else 0.0,
+                                   metrics=[], cbs=TrainTimer(), **kw)
     return learn.to_bf16() if bf16 else learn
 
 

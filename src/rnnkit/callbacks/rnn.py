@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.training.callback import Callback
@@ -84,10 +83,14 @@ class _ARTAR(torch.autograd.Function):
         if ctx.alpha and ctx.needs_input_grad[0]:
             grad_out = out * (grad * (2 * ctx.alpha / out.numel()))
         if ctx.beta and ctx.needs_input_grad[1]:
-            # d/dh_t of sum_t (h_{t+1} - h_t)^2 is 2 (d_{t-1} - d_t), with d_{-1} = d_{T-1} = 0.
-            # d_{t-1} at step t (0 at the first): pad the time axis (dim 1) at its start
-            grad_raw = F.pad(diff, (0, 0) * (diff.dim() - 2) + (1, 0))
-            grad_raw[:, :-1] -= diff
+            # d/dh_t of sum_t (h_{t+1} - h_t)^2 is 2 (d_{t-1} - d_t), with d_{-1} = d_{T-1} = 0:
+            # -d_0 at the first step, d_{T-2} at the last, one subtraction in between (two passes
+            # over the activations in all, with the scaling; no zero-filled buffer)
+            bs, steps = diff.shape[:2]
+            grad_raw = diff.new_empty((bs, steps + 1, *diff.shape[2:]))
+            grad_raw[:, 0].copy_(diff[:, 0]).neg_()
+            grad_raw[:, steps].copy_(diff[:, steps - 1])
+            torch.sub(diff[:, :-1], diff[:, 1:], out=grad_raw[:, 1:steps])
             grad_raw.mul_(grad * (2 * ctx.beta / diff.numel()))
         return grad_out, grad_raw, None, None
 

@@ -1,7 +1,7 @@
 """The whole rnnkit training step of an AWD-LSTM language model against a plain PyTorch nn.LSTM loop.
 
 Run with nothing else on the machine:  .venv/bin/python benchmarks/bench_lm_step.py
-Options: --sizes small small-b32x70 fastai, --chunk N (batches per timed chunk), --reps N, --loss-epochs N,
+Options: --sizes small small-b32x70 medium fastai, --chunk N (batches per timed chunk), --reps N, --loss-epochs N,
 --loss-batches N, --no-loss, --no-bf16, --reuse-freed-memory, --ablate.
 
 rnnkit  `language_model_learner(dls, AWD_LSTM, config)` trained with `fit_one_cycle`: all five dropouts,
@@ -20,13 +20,16 @@ weights and data order in fp32 and in bf16, then the validation loss of a whole-
 
 Sizes: fastai (fastai's AWD-LSTM LM config, emb 400, hid 1152, 3 layers; bs 32, bptt 70; Penn Treebank,
 vocab 10,000), small (the `small` preset the command line trains, with its batches: bs 64, bptt 16;
-Human Numbers) and small-b32x70 (the same model with fastai's batch shape, bs 32, bptt 70).
+Human Numbers), small-b32x70 (the same model with fastai's batch shape, bs 32, bptt 70) and medium
+(emb 256, hid 512, 2 layers, fastai's LM dropouts, bs 32, bptt 70, Penn Treebank: a model one would
+train on a real corpus on a CPU).
 PTB is read from ../shared/data/ptb (or --ptb); without it the speed part uses random ids over 10,000.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -46,7 +49,7 @@ from bench_awd_lstm import PlainLM, add_machine_args, set_up_machine  # noqa: E4
 from rnnkit.data.corpora import read_corpus  # noqa: E402
 from rnnkit.data.text import TextDataLoaders  # noqa: E402
 from rnnkit.data.vocab import Vocab  # noqa: E402
-from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS  # noqa: E402
+from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS, AWDLSTMConfig  # noqa: E402
 from rnnkit.text.learner import language_model_learner  # noqa: E402
 from rnnkit.training.callback import Callback  # noqa: E402
 
@@ -61,7 +64,17 @@ SIZES = {
     # batch (weight-dropout masks, the Learner's Python) weigh 4x less than at bs 64 x bptt 16
     "small-b32x70": dict(config="small", corpus="human_numbers", bs=32, bptt=70, lr=1e-2, chunk=5, reps=25,
                          loss_batches=None, loss_epochs=4, valid_tokens=None),
+    # a model sized for training on a real corpus on a CPU: 2 layers of 512 (a quarter of fastai's
+    # hidden-to-hidden weights), fastai's LM dropouts, fastai's batch shape, Penn Treebank
+    "medium": dict(config=dataclasses.replace(AWD_LSTM_CONFIGS["fastai"], emb_sz=256, n_hid=512, n_layers=2),
+                   label="emb 256, hid 512, 2 layers, fastai dropouts", corpus="ptb", bs=32, bptt=70, lr=2e-3,
+                   chunk=2, reps=15, loss_batches=40, loss_epochs=1, valid_tokens=32 * 70 * 10),
 }
+
+
+def size_config(size: str) -> AWDLSTMConfig:
+    c = SIZES[size]["config"]
+    return c if isinstance(c, AWDLSTMConfig) else AWD_LSTM_CONFIGS[c]
 
 
 class TrainTimer(Callback):
@@ -109,7 +122,7 @@ def make_learner(dls: TextDataLoaders, size: str, bf16: bool, seed: int = 0, dro
                  ar_tar: bool = True):
     torch.manual_seed(seed)
     kw = {} if ar_tar else dict(alpha=0.0, beta=0.0)
-    learn = language_model_learner(dls, config=SIZES[size]["config"], drop_mult=1.0 if dropouts else 0.0,
+    learn = language_model_learner(dls, config=size_config(size), drop_mult=1.0 if dropouts else 0.0,
                                    metrics=[], cbs=TrainTimer(), **kw)
     return learn.to_bf16() if bf16 else learn
 
@@ -154,7 +167,7 @@ def bench_speed(size: str, train: np.ndarray, valid: np.ndarray, vocab: Vocab, c
     ids = torch.as_tensor(train[:n_tok + bs].astype(np.int64))  # bs rows of chunk*bptt + 1
     dls = make_dls(ids.numpy(), valid[:bs * bptt + 1], vocab, bs, bptt)
     rows = torch.stack([ids[r * (chunk * bptt + 1):(r + 1) * (chunk * bptt + 1)] for r in range(bs)])
-    cfg = AWD_LSTM_CONFIGS[s["config"]]
+    cfg = size_config(size)
     runners = {}
     for bf16 in precisions:
         learn = make_learner(dls, size, bf16)
@@ -208,7 +221,7 @@ def bench_loss(size: str, train: np.ndarray, valid: np.ndarray, vocab: Vocab, ep
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=["small", "small-b32x70", "fastai"], choices=list(SIZES))
+    p.add_argument("--sizes", nargs="+", default=["small", "small-b32x70", "medium", "fastai"], choices=list(SIZES))
     p.add_argument("--chunk", type=int, default=None, help="training batches per timed chunk")
     p.add_argument("--reps", type=int, default=None, help="timed chunks per variant (after one warm-up)")
     p.add_argument("--loss-epochs", type=int, default=None, help="training epochs before the validation loss")
@@ -227,7 +240,7 @@ def main() -> None:
         train, valid, vocab, source = load_ids(size, args.ptb)
         chunk, reps = args.chunk or s["chunk"], args.reps or s["reps"]
         tps, ratios = bench_speed(size, train, valid, vocab, chunk, reps, precisions, args.ablate)
-        print(f"\n== {size}: {s['config']} config, vocab {len(vocab)}, bs {s['bs']}, bptt {s['bptt']}, {source}; "
+        print(f"\n== {size}: {s.get('label', str(s['config']) + ' config')}, vocab {len(vocab)}, bs {s['bs']}, bptt {s['bptt']}, {source}; "
               f"{reps} chunks of {chunk} batches per variant after one warm-up, medians ==")
         for (name, bf16), v in tps.items():
             ms = s["bs"] * s["bptt"] / v * 1e3

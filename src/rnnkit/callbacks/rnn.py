@@ -59,7 +59,7 @@ class _ARTAR(torch.autograd.Function):
 
     Autograd's version of the same formula runs about a dozen kernels over the activations
     (two zero-filled slice gradients for TAR alone) and as many on scalars; this one runs three
-    over the activations forward and four backward, which matters when a step is a few milliseconds.
+    over the activations forward and three backward, which matters when a step is a few milliseconds.
     Sums are taken in float32 (or wider) whatever the activations' dtype.
     """
 

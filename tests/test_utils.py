@@ -234,3 +234,16 @@ def test_reuse_freed_memory_stops_page_faults_on_reallocated_large_blocks():
     pages = 64 * 1024 * 1024 // 4096
     assert faults_default > pages // 2  # by default the block is mapped afresh: every page faults
     assert faults_reused < pages // 20  # now it comes back from the heap, already mapped
+
+
+def test_reuse_freed_memory_is_a_no_op_off_linux(monkeypatch):
+    import ctypes
+
+    import rnnkit.utils as utils
+
+    def no_libc(*a, **k):
+        raise AssertionError("must not load the C library off Linux")
+
+    monkeypatch.setattr(utils.sys, "platform", "darwin")
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert utils.reuse_freed_memory() is False

@@ -3,6 +3,10 @@
 A language model predicts `(bs, seq_len, vocab_sz)` against targets `(bs, seq_len)`; these
 wrappers move the class axis last and flatten so the plain torch loss sees `(N, C)` vs `(N,)`.
 They also carry `activation` (used by `get_preds`) and `decodes` (prediction -> label).
+
+A language model's cross-entropy on the CPU runs in row chunks (`_ChunkedCrossEntropy`): the plain
+loss materializes the log-probabilities, a zero-filled gradient of them and the gradient of the logits,
+three more logits-sized blocks per step, each freshly mapped and zero-filled by the kernel.
 """
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from rnnkit.memory import buffer_pool, pooling_applies
 
 __all__ = ["BaseLoss", "CrossEntropyLossFlat", "BCEWithLogitsLossFlat", "MSELossFlat"]
 
@@ -64,6 +71,9 @@ class BaseLoss:
             inp = inp.reshape(-1, inp.shape[-1]) if self.is_2d else inp.reshape(-1)
             keep_classes = same_shape and self.is_2d  # CE with probabilities: (N, C) targets
             targ = targ.reshape(-1, targ.shape[-1]) if keep_classes else targ.reshape(-1)
+        return self._loss(inp, targ, **kwargs)
+
+    def _loss(self, inp: Tensor, targ: Tensor, **kwargs: Any) -> Tensor:
         return self.func(inp, targ, **kwargs)
 
     def activation(self, x: Tensor) -> Tensor:
@@ -101,6 +111,15 @@ class CrossEntropyLossFlat(BaseLoss):
         func = nn.CrossEntropyLoss(
             weight=weight, ignore_index=ignore_index, reduction=reduction, **kwargs)
         super().__init__(func, axis=axis, flatten=flatten, floatify=floatify, is_2d=is_2d)
+
+    def _loss(self, inp: Tensor, targ: Tensor, **kwargs: Any) -> Tensor:
+        func = self.func
+        if (kwargs or type(func) is not nn.CrossEntropyLoss or func.weight is not None
+                or func.label_smoothing != 0 or func.reduction not in ("mean", "sum", "none")
+                or inp.ndim != 2 or targ.ndim != 1 or targ.dtype != torch.int64
+                or not pooling_applies(inp, inp.numel() * inp.element_size())):
+            return func(inp, targ, **kwargs)
+        return _ChunkedCrossEntropy.apply(inp, targ, func.ignore_index, func.reduction)
 
     def activation(self, x: Tensor) -> Tensor:
         """Softmax over the class axis."""
@@ -154,3 +173,55 @@ class MSELossFlat(BaseLoss):
     ) -> None:
         func = nn.MSELoss(reduction=reduction, **kwargs)
         super().__init__(func, axis=axis, flatten=flatten, floatify=floatify, is_2d=False)
+
+
+# Rows per chunk hold about this many bytes of logits, so each chunk stays in cache between the passes
+# over it. Forward and backward at PTB's shape (4480 x 10000, 2 threads): 37 ms with 1 MiB chunks,
+# 51 ms with 256 KiB, 68 ms with 4 MiB; torch's cross_entropy 164 ms (WikiText-2's 4480 x 33278:
+# 171 ms against 1501 ms).
+_CE_CHUNK_BYTES = 1 << 20
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """`F.cross_entropy(x, targ, ignore_index=, reduction=)` for `(N, C)` logits, a chunk of rows at a
+    time: no logits-sized temporaries, and the gradient (softmax minus one-hot, recomputed from the
+    logits) is written straight into a pooled buffer."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, targ: Tensor, ignore_index: int, reduction: str) -> Tensor:
+        n, c = x.shape
+        valid = targ != ignore_index
+        t = torch.where(valid, targ, torch.zeros_like(targ))
+        if n and (int(t.min()) < 0 or int(t.max()) >= c):
+            bad = int(t.max()) if int(t.max()) >= c else int(t.min())
+            raise IndexError(f"Target {bad} is out of bounds: the model gives {c} classes (targets 0 to {c - 1}).")
+        rows = max(1, _CE_CHUNK_BYTES // max(c * x.element_size(), 1))
+        nll = x.new_empty(n)
+        log_probs = x.new_empty(min(rows, n), c)  # one chunk's log-softmax, reused
+        for s in range(0, n, rows):
+            e = min(s + rows, n)
+            torch.log_softmax(x[s:e], 1, out=log_probs[: e - s])
+            torch.gather(log_probs[: e - s], 1, t[s:e, None], out=nll[s:e, None])
+        nll.neg_().masked_fill_(~valid, 0.0)
+        ctx.save_for_backward(x, t, valid)
+        ctx.reduction, ctx.rows = reduction, rows
+        if reduction == "none":
+            return nll
+        total = nll.sum()
+        return total / valid.sum() if reduction == "mean" else total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, t, valid = ctx.saved_tensors
+        scale = valid.to(x.dtype)  # (N,): d loss / d nll_i, zero for ignored targets
+        if ctx.reduction == "mean":
+            scale.mul_(grad_out / valid.sum())
+        else:
+            scale.mul_(grad_out)
+        grad = buffer_pool.empty(x.shape, x.dtype, x.device)  # (N, C)
+        for s in range(0, x.shape[0], ctx.rows):
+            e = min(s + ctx.rows, x.shape[0])
+            torch.softmax(x[s:e], 1, out=grad[s:e]).mul_(scale[s:e, None])
+        grad.scatter_add_(1, t[:, None], scale.neg()[:, None])  # minus the one-hot
+        return grad, None, None, None

@@ -179,15 +179,24 @@ def cpu_computes_natively(dtype: torch.dtype) -> bool:
         return True
 
 
-def reuse_freed_memory(max_block: int = 1 << 30) -> bool:
+def reuse_freed_memory(max_block: int = 32 << 20, keep_free: int = 128 << 20) -> bool:
     """Have glibc's malloc serve blocks up to `max_block` bytes from its heap, where freed memory is
-    reused, instead of a fresh mmap() per block. By default each block over 32 MiB (a large model's
-    logits, their gradient, its dropped weights) is mapped afresh on every step, and the kernel zeroes
-    every page on first touch: on CPU that cost a fastai-sized AWD-LSTM about 17% of its step time.
+    reused, and keep up to `keep_free` bytes free at the heap's top instead of returning them after
+    each step. Larger blocks are mapped afresh each time, as glibc does by default.
 
-    Process-wide and lasting: the process keeps the memory it freed for reuse rather than returning it
-    to the system (as PyTorch's CUDA allocator does). The `rnnkit` command line calls it; call it once
-    in a training script of your own. Returns True where it took effect (Linux with glibc).
+    glibc's default raises its mmap threshold only as it sees blocks freed and trims the heap's top
+    down to twice that, so a training loop's activations (an LSTM's oneDNN workspace, dropped
+    weights, gradients of a few MB to 32 MB) keep being mapped and zero-filled by the kernel: with this
+    setting a fastai-sized AWD-LSTM step on PTB took 1.80 s instead of 1.92-1.98 s on 2 cores
+    (`benchmarks/bench_memory.py`). The logits-sized blocks of a language model do not need it: they
+    come from `rnnkit.memory.buffer_pool`.
+
+    32 MiB is glibc's own ceiling for its adaptive threshold. Do not raise it far: before issue 13 this
+    served blocks up to 1 GiB from the heap, and smaller blocks settling in the holes that logits-sized
+    ones leave made the heap grow without bound (21 GB within an epoch of WikiText-2). With these
+    values resident memory stays flat after a warm-up. Process-wide and lasting; the `rnnkit` command
+    line calls it, and it is safe to call once in a training script of your own. Returns True where it
+    took effect (Linux with glibc).
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -197,10 +206,8 @@ def reuse_freed_memory(max_block: int = 1 << 30) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's M_TRIM_THRESHOLD and M_MMAP_THRESHOLD
-    size = min(int(max_block), 2**31 - 1)
-    # Serve such blocks from the heap, and keep up to that much free memory at the heap's top
-    # rather than giving it back after each step (the next step would fault it all in again).
-    return bool(mallopt(m_mmap_threshold, size)) and bool(mallopt(m_trim_threshold, size))
+    return (bool(mallopt(m_mmap_threshold, min(int(max_block), 2**31 - 1)))
+            and bool(mallopt(m_trim_threshold, min(int(keep_free), 2**31 - 1))))
 
 
 def default_device() -> torch.device:

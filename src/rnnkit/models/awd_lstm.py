@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.models.dropout import EmbeddingDropout, RNNDropout, WeightDropout
+from rnnkit.models.linear import PooledLinear
 
 __all__ = [
     "AWDLSTMConfig",
@@ -192,7 +193,7 @@ class LinearDecoder(nn.Module):
     def __init__(self, n_out: int, n_hid: int, output_p: float = 0.1, tie_encoder: nn.Embedding | None = None,
                  bias: bool = True) -> None:
         super().__init__()
-        self.decoder = nn.Linear(n_hid, n_out, bias=bias)
+        self.decoder = PooledLinear(n_hid, n_out, bias=bias)  # logits reuse pooled CPU buffers
         nn.init.uniform_(self.decoder.weight, -self.initrange, self.initrange)
         self.output_dp = RNNDropout(output_p)
         if self.decoder.bias is not None:

@@ -165,6 +165,33 @@ def test_predictions_of_earlier_batches_are_never_overwritten(small_pool):
     assert len({p.data_ptr() for p in kept}) == len(kept)
 
 
+def test_a_language_model_fit_uses_the_pool_and_gives_its_buffers_back_at_the_end(small_pool):
+    from rnnkit.data.text import TextDataLoaders
+    from rnnkit.models.awd_lstm import AWDLSTMConfig
+    from rnnkit.text.learner import language_model_learner
+    from rnnkit.training.callback import Callback
+
+    ids = np.random.default_rng(0).integers(0, 300, 6000)
+    dls = TextDataLoaders.from_tensors(ids[:5000], ids[5000:], [f"w{i}" for i in range(300)], bs=8, seq_len=12)
+    torch.manual_seed(0)
+    learn = language_model_learner(dls, config=AWDLSTMConfig(emb_sz=8, n_hid=8, n_layers=1), metrics=[])
+
+    class Watch(Callback):
+        order = -100  # before AR/TAR add to the loss
+
+        def after_loss(self):
+            if not self.training:
+                return
+            self.pooled = _pooled(self.learn.pred)
+            self.grad_fn = type(self.learn.loss_grad.grad_fn).__name__
+
+    watch = Watch()
+    learn.fit(1, 1e-3, cbs=watch)
+    assert watch.pooled and watch.grad_fn.startswith("_ChunkedCrossEntropy")
+    assert small_pool._buffers == []  # released at the end of fit
+    assert np.isfinite(learn.recorder.values[-1][1])
+
+
 # A small AWD-LSTM over a 40,000-word synthetic vocabulary with random-length batches: its logits and their
 # gradient are 100-180 MB blocks of varying size each step, which made glibc's heap grow without bound under
 # the allocator setting the command line used before (issue 13). Resident memory is sampled after every step.

@@ -17,15 +17,35 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = ["BufferPool", "buffer_pool", "pooling_applies"]
 
-# How many references a storage has: private but stable since PyTorch 2.1 (FSDP uses it). Without it
-# the pool cannot know a buffer is free, so it hands out plain tensors instead.
-_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _storage_use_count() -> tuple[Any, int]:
+    """torch's count of references to a storage, and its value for a storage only the pool holds.
+
+    Private (FSDP and CUDA graphs use it); older CPU-only builds lack it. It is checked here rather than
+    trusted: a tensor made on the storage must raise the count, or the pool stays off and every request
+    gets a plain tensor.
+    """
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    if count is None:
+        return None, 0
+    storage = torch.UntypedStorage(8)
+    alone = count(storage._cdata)
+    held = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (8,), (1,))
+    if count(storage._cdata) <= alone:
+        return None, 0
+    del held
+    return count, alone
+
+
+_use_count, _FREE_COUNT = _storage_use_count()
 
 
 class BufferPool:
@@ -54,10 +74,15 @@ class BufferPool:
             return torch.empty(shape, dtype=dtype, device=device)
         # set_, not a view of a pooled tensor: the result has no `_base`, so it behaves like any fresh
         # tensor (in-place ops on it are allowed as on nn.Linear's output).
-        return torch.empty(0, dtype=dtype, device=device).set_(storage, 0, tuple(shape))
+        strides: list[int] = []
+        step = 1
+        for n in reversed(tuple(shape)):  # a contiguous layout
+            strides.insert(0, step)
+            step *= max(n, 1)
+        return torch.empty(0, dtype=dtype, device=device).set_(storage, 0, tuple(shape), strides)
 
     def _take(self, nbytes: int) -> torch.UntypedStorage | None:
-        free = [s for s in self._buffers if _use_count(s._cdata) == 1]  # type: ignore[misc]
+        free = [s for s in self._buffers if _use_count(s._cdata) == _FREE_COUNT]
         fitting = [s for s in free if s.nbytes() >= nbytes]
         if fitting:
             return min(fitting, key=lambda s: s.nbytes())
@@ -75,6 +100,12 @@ class BufferPool:
     def nbytes(self) -> int:
         """Bytes the pool holds, in use or not."""
         return sum(s.nbytes() for s in self._buffers)
+
+    def release_free(self) -> None:
+        """Give the buffers nothing uses back to the system; the Learner calls it at the end of `fit`, so
+        a notebook does not keep logits-sized memory between fits."""
+        with self._lock:
+            self._buffers = [s for s in self._buffers if _use_count(s._cdata) != _FREE_COUNT]
 
     def clear(self) -> None:
         """Drop the pool's references; buffers still in use stay alive with their tensors."""

@@ -18,6 +18,7 @@ from torch import nn
 from rnnkit.callbacks.fp16 import MixedPrecision
 from rnnkit.callbacks.progress import ProgressCallback
 from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SuggestedLRs, SkipToEpoch
+from rnnkit.memory import buffer_pool
 from rnnkit.optim.recipes import Adam
 from rnnkit.schedules import flat_cos_scheds, one_cycle_scheds, sgdr_n_epoch, sgdr_scheds, valley
 from rnnkit.training.callback import Callback, TrainEvalCallback, check_event_names, has_event
@@ -444,6 +445,7 @@ class Learner:
     def _end_cleanup(self) -> None:
         self.dl, self.xb, self.yb, self.pred = None, (), (), None
         self.loss_grad = self.loss
+        buffer_pool.release_free()  # the logits-sized buffers of this fit, unless something still holds them
         for cb in self._cbs:
             cb.run = True  # a callback that switched itself off is back on for the next fit
 

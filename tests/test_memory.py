@@ -192,26 +192,29 @@ def test_a_language_model_fit_uses_the_pool_and_gives_its_buffers_back_at_the_en
     assert np.isfinite(learn.recorder.values[-1][1])
 
 
-# A small AWD-LSTM over a 40,000-word synthetic vocabulary with random-length batches: its logits and their
-# gradient are 100-180 MB blocks of varying size each step, which made glibc's heap grow without bound under
-# the allocator setting the command line used before (issue 13). Resident memory is sampled after every step.
+# The command line's learner (`run.build_learner`: AWD-LSTM, Adam, AR/TAR, random bptt, its callbacks)
+# after its allocator setting, over a 40,000-word synthetic vocabulary: the logits and their gradient
+# are 100-180 MB blocks of varying size each step, which made glibc's heap grow without bound under the
+# setting the command line used before (issue 13). Resident memory is sampled after every step.
 _FLAT_SCRIPT = """
-import sys
+import sys, tempfile
 import numpy as np, torch
 torch.set_num_threads(2)
 from rnnkit.utils import reuse_freed_memory
 reuse_freed_memory()  # what the rnnkit command line does
+from rnnkit.config import TrainConfig
 from rnnkit.data.text import TextDataLoaders
-from rnnkit.models.awd_lstm import AWDLSTMConfig
-from rnnkit.text.learner import language_model_learner
+from rnnkit.run import build_learner
 from rnnkit.training.callback import Callback
 from rnnkit.training.events import CancelFitException
 V, steps = 40_000, int(sys.argv[1])
 ids = np.random.default_rng(0).integers(0, V, 400_000)
 dls = TextDataLoaders.from_tensors(ids[:360_000], ids[360_000:], [f"w{i}" for i in range(V)], bs=16,
                                    seq_len=60, random_bptt=True, seed=0)
+cfg = TrainConfig(emb_sz=16, n_hid=32, n_layers=1, bs=16, bptt=60, random_bptt=True,
+                  out=tempfile.mkdtemp()).validate()
 torch.manual_seed(0)
-learn = language_model_learner(dls, config=AWDLSTMConfig(emb_sz=16, n_hid=32, n_layers=1), metrics=[])
+learn = build_learner(cfg, dls)
 class Sample(Callback):
     order = 100
     def before_fit(self): self.rss = []

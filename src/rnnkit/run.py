@@ -28,6 +28,7 @@ import torch
 from rnnkit.callbacks.checkpoint import Checkpointer
 from rnnkit.callbacks.clip import GradientClip
 from rnnkit.callbacks.csv_logger import CSVLogger
+from rnnkit.callbacks.memory import ReleaseFreedMemory
 from rnnkit.callbacks.ntasgd import NTASGD
 from rnnkit.callbacks.rnn import RNNTrainer
 from rnnkit.callbacks.tracker import TerminateOnNaNCallback
@@ -104,7 +105,7 @@ def build_dls(cfg: TrainConfig, vocab: Vocab | None = None) -> TextDataLoaders:
 def build_learner(cfg: TrainConfig, dls: Any) -> LMLearner:
     """The language-model learner `cfg` describes, without training callbacks."""
     opt_func = Adam if cfg.optimizer == "adam" else partial(SGD, mom=0.0)
-    cbs: list[Any] = [TerminateOnNaNCallback()]
+    cbs: list[Any] = [TerminateOnNaNCallback(), ReleaseFreedMemory()]  # flat resident memory (issue 13)
     if cfg.clip:
         cbs.append(GradientClip(cfg.clip))
     if cfg.random_bptt:

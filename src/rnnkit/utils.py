@@ -31,6 +31,7 @@ __all__ = [
     "find_bs",
     "noop",
     "range_of",
+    "release_freed_memory",
     "reuse_freed_memory",
     "snake_case",
     "tensor",
@@ -198,16 +199,42 @@ def reuse_freed_memory(max_block: int = 32 << 20, keep_free: int = 128 << 20) ->
     line calls it, and it is safe to call once in a training script of your own. Returns True where it
     took effect (Linux with glibc).
     """
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded into this process
-    except (OSError, AttributeError):  # no mallopt (not glibc)
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's M_TRIM_THRESHOLD and M_MMAP_THRESHOLD
     return (bool(mallopt(m_mmap_threshold, min(int(max_block), 2**31 - 1)))
             and bool(mallopt(m_trim_threshold, min(int(keep_free), 2**31 - 1))))
+
+
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)  # the C library already loaded into this process
+        libc.mallopt, libc.malloc_trim  # noqa: B018  (glibc's; other C libraries lack them)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def release_freed_memory() -> bool:
+    """Return the free memory inside glibc's heap to the system (`malloc_trim(0)`), keeping what is in use.
+
+    The heap keeps freed blocks for reuse, and over thousands of steps the holes between blocks in use
+    add up: resident memory crept up by about 0.6 MB a step on WikiText-2 (600 MB over two epochs) with
+    or without `reuse_freed_memory`. Called every few dozen steps (`ReleaseFreedMemory`, which the
+    `rnnkit` command line adds), it holds resident memory flat for a few milliseconds and one step's
+    worth of page faults each time. Returns True where it ran (Linux with glibc).
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    libc.malloc_trim(0)
+    return True
 
 
 def default_device() -> torch.device:

@@ -2,16 +2,18 @@
 
 Run with nothing else on the machine:  .venv/bin/python benchmarks/bench_memory.py
 Options: --corpora wikitext-2 ptb synthetic-100k, --settings none old new, --steps N (default: two epochs'
-worth of each corpus), --warmup N, --random-bptt, --bs, --bptt, --reps N, --threads N.
+worth of each corpus), --warmup N, --random-bptt, --preset, --bs, --bptt, --reps N, --threads N, --trace.
 
-For each corpus and setting a fresh process (malloc settings are process-wide) trains the `small` preset
-(as `rnnkit train --preset small` does: Adam, one-cycle, AR/TAR, all dropouts) at bs 64 x bptt 70 and
+For each corpus and setting a fresh process (malloc settings are process-wide) trains an AWD-LSTM (the
+`small` preset by default, as `rnnkit train` does: Adam, one-cycle, AR/TAR, all dropouts) at bs 64 x bptt 70 and
 reads its resident memory after every training step. Settings:
 
 none    glibc's defaults.
 old     mallopt serving blocks up to 1 GiB from the heap and keeping 1 GiB free at its top: what
         `reuse_freed_memory()` did before issue 13 (its heap grew without bound on WikiText-2).
-new     `rnnkit.utils.reuse_freed_memory()` as it is now, which the `rnnkit` command calls.
+new     what the `rnnkit` command does now: `rnnkit.utils.reuse_freed_memory()` (glibc keeps freed blocks up
+        to 32 MiB) and the `ReleaseFreedMemory` callback (the heap's free memory goes back to the system
+        every 50 batches and after validation).
 
 All three run today's code, whose decoder logits and cross-entropy gradient come from
 `rnnkit.memory.buffer_pool`. Printed per run: tokens/s over the steps after the warm-up, resident memory
@@ -93,7 +95,11 @@ def child(corpus: str, setting: str, args: argparse.Namespace) -> None:
     dls = _dls(corpus, args)
     steps = args.steps or 2 * len(dls.train)
     torch.manual_seed(0)
-    learn = language_model_learner(dls, config=AWD_LSTM_CONFIGS["small"], metrics=[])
+    learn = language_model_learner(dls, config=AWD_LSTM_CONFIGS[args.preset], metrics=[])
+    if setting == "new":
+        from rnnkit.callbacks.memory import ReleaseFreedMemory
+
+        learn.add_cb(ReleaseFreedMemory())
 
     class Sample(Callback):
         order = 100
@@ -134,6 +140,7 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=["none", "old", "new"], choices=["none", "old", "new"])
     p.add_argument("--steps", type=int, default=0, help="training steps per run (0: two epochs' worth)")
     p.add_argument("--warmup", type=int, default=30, help="steps before growth is counted")
+    p.add_argument("--preset", default="small", choices=["small", "fastai", "paper"])
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--bptt", type=int, default=70)
     p.add_argument("--random-bptt", action="store_true")
@@ -147,9 +154,10 @@ def main() -> None:
         child(*args.child, args)
         return
     passthrough = [f"--steps={args.steps}", f"--warmup={args.warmup}", f"--bs={args.bs}", f"--bptt={args.bptt}",
-                   f"--threads={args.threads}", f"--data-root={args.data_root}"] + (["--random-bptt"] * args.random_bptt)
-    print(f"bs {args.bs} x bptt {args.bptt}{' (random)' if args.random_bptt else ''}, {args.threads} threads, "
-          f"warm-up {args.warmup} steps; memory in MB")
+                   f"--threads={args.threads}", f"--data-root={args.data_root}", f"--preset={args.preset}"]
+    passthrough += ["--random-bptt"] if args.random_bptt else []
+    shape = f"bs {args.bs} x bptt {args.bptt}{' (random)' if args.random_bptt else ''}"
+    print(f"{args.preset} preset, {shape}, {args.threads} threads, warm-up {args.warmup} steps; memory in MB")
     print(f"{'corpus':15s} {'setting':7s} {'steps':>5s} {'tokens/s':>9s} {'rss warm':>9s} {'rss end':>8s} "
           f"{'growth':>7s} {'max gr.':>7s} {'peak':>7s}")
     for corpus in args.corpora:

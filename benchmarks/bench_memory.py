@@ -2,7 +2,8 @@
 
 Run with nothing else on the machine:  .venv/bin/python benchmarks/bench_memory.py
 Options: --corpora wikitext-2 ptb synthetic-100k, --settings none old new, --steps N (default: two epochs'
-worth of each corpus), --warmup N, --random-bptt, --preset, --bs, --bptt, --reps N, --threads N, --trace.
+worth of each corpus), --warmup N, --random-bptt, --no-pool, --preset, --bs, --bptt, --reps N, --threads N,
+--trace.
 
 For each corpus and setting a fresh process (malloc settings are process-wide) trains an AWD-LSTM (the
 `small` preset by default, as `rnnkit train` does: Adam, one-cycle, AR/TAR, all dropouts) at bs 64 x bptt 70 and
@@ -11,12 +12,15 @@ reads its resident memory after every training step. Settings:
 none    glibc's defaults.
 old     mallopt serving blocks up to 1 GiB from the heap and keeping 1 GiB free at its top: what
         `reuse_freed_memory()` did before issue 13 (its heap grew without bound on WikiText-2).
-new     what the `rnnkit` command does now: `rnnkit.utils.reuse_freed_memory()` (glibc keeps freed blocks up
-        to 32 MiB) and the `ReleaseFreedMemory` callback (the heap's free memory goes back to the system
-        every 50 batches and after validation).
+new     what the `rnnkit` command does now: the same 1 GiB mallopt setting, bounded by the
+        `ReleaseFreedMemory` callback (the heap's free memory goes back to the system whenever it exceeds
+        what a step needed during the warm-up by a quarter, and after validation).
 
 All three run today's code, whose decoder logits and cross-entropy gradient come from
-`rnnkit.memory.buffer_pool`. Printed per run: tokens/s over the steps after the warm-up, resident memory
+`rnnkit.memory.buffer_pool` (and whose cross-entropy runs in row chunks); `--no-pool` turns both off, so
+`--settings old --no-pool` is rnnkit as it was before issue 13.
+
+Printed per run: tokens/s over the steps after the warm-up, resident memory
 at the end of the warm-up and at the end, the growth between them, the largest growth at any step after
 the warm-up, and the peak (VmHWM). With --reps > 1 the settings run in a rotated order each repetition and
 the table gives medians.
@@ -81,12 +85,16 @@ def child(corpus: str, setting: str, args: argparse.Namespace) -> None:
     if setting == "old":
         _old_setting()
     elif setting == "new":
-        from rnnkit.utils import reuse_freed_memory
+        from rnnkit.cli import _set_up_memory
 
-        reuse_freed_memory()
+        _set_up_memory()
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.no_pool:
+        from rnnkit.memory import buffer_pool
+
+        buffer_pool.min_bytes = 1 << 62  # no output is large enough: plain F.linear and F.cross_entropy
     from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS
     from rnnkit.text.learner import language_model_learner
     from rnnkit.training.callback import Callback
@@ -144,6 +152,7 @@ def main() -> None:
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--bptt", type=int, default=70)
     p.add_argument("--random-bptt", action="store_true")
+    p.add_argument("--no-pool", action="store_true", help="plain logits and cross-entropy, as before issue 13")
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--trace", action="store_true", help="also print each run's resident memory trace (MB)")
@@ -155,8 +164,9 @@ def main() -> None:
         return
     passthrough = [f"--steps={args.steps}", f"--warmup={args.warmup}", f"--bs={args.bs}", f"--bptt={args.bptt}",
                    f"--threads={args.threads}", f"--data-root={args.data_root}", f"--preset={args.preset}"]
-    passthrough += ["--random-bptt"] if args.random_bptt else []
-    shape = f"bs {args.bs} x bptt {args.bptt}{' (random)' if args.random_bptt else ''}"
+    passthrough += (["--random-bptt"] if args.random_bptt else []) + (["--no-pool"] if args.no_pool else [])
+    shape = f"bs {args.bs} x bptt {args.bptt}" + (" (random)" if args.random_bptt else "")
+    shape += ", no pool" if args.no_pool else ""
     print(f"{args.preset} preset, {shape}, {args.threads} threads, warm-up {args.warmup} steps; memory in MB")
     print(f"{'corpus':15s} {'setting':7s} {'steps':>5s} {'tokens/s':>9s} {'rss warm':>9s} {'rss end':>8s} "
           f"{'growth':>7s} {'max gr.':>7s} {'peak':>7s}")

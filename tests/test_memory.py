@@ -192,6 +192,48 @@ def test_a_language_model_fit_uses_the_pool_and_gives_its_buffers_back_at_the_en
     assert np.isfinite(learn.recorder.values[-1][1])
 
 
+def test_release_freed_memory_callback_releases_only_beyond_what_a_step_needs(monkeypatch):
+    import rnnkit.callbacks.memory as cbmem
+    from types import SimpleNamespace
+
+    free, released = [0], []
+    monkeypatch.setattr(cbmem, "heap_free_bytes", lambda: free[0])
+    monkeypatch.setattr(cbmem, "release_freed_memory", lambda: released.append(free[0]) or True)
+    cb = cbmem.ReleaseFreedMemory(warmup=3, slack=1.25)
+    cb.learn = SimpleNamespace(training=True)
+    cb.before_fit()
+    for f in (100 * MB, 300 * MB, 200 * MB):  # warm-up: a step leaves up to 300 MB free
+        free[0] = f
+        cb.after_batch()
+    assert released == [] and cb.limit == int(300 * MB * 1.25) + 32 * MB
+    for f in (350 * MB, 400 * MB, 500 * MB, 320 * MB):
+        free[0] = f
+        cb.after_batch()
+    assert released == [500 * MB]  # only what exceeds 375 + 32 MB
+    cb.learn.training = False
+    free[0] = 900 * MB
+    cb.after_batch()  # validation batches are left alone...
+    cb.after_validate()  # ...and everything is released after the pass
+    assert released == [500 * MB, 900 * MB]
+
+
+def test_release_freed_memory_callback_falls_back_to_every_n_batches(monkeypatch):
+    import rnnkit.callbacks.memory as cbmem
+    from types import SimpleNamespace
+
+    released = []
+    monkeypatch.setattr(cbmem, "heap_free_bytes", lambda: None)  # glibc < 2.33: cannot read the heap
+    monkeypatch.setattr(cbmem, "release_freed_memory", lambda: released.append(1) or True)
+    cb = cbmem.ReleaseFreedMemory(every=4)
+    cb.learn = SimpleNamespace(training=True)
+    cb.before_fit()
+    for _ in range(10):
+        cb.after_batch()
+    assert len(released) == 2
+    with pytest.raises(ValueError, match="slack >= 1"):
+        cbmem.ReleaseFreedMemory(slack=0.5)
+
+
 # The command line's learner (`run.build_learner`: AWD-LSTM, Adam, AR/TAR, random bptt, its callbacks)
 # after its allocator setting, over a 40,000-word synthetic vocabulary: the logits and their gradient
 # are 100-180 MB blocks of varying size each step, which made glibc's heap grow without bound under the
@@ -200,8 +242,8 @@ _FLAT_SCRIPT = """
 import sys, tempfile
 import numpy as np, torch
 torch.set_num_threads(2)
-from rnnkit.utils import reuse_freed_memory
-reuse_freed_memory()  # what the rnnkit command line does
+from rnnkit.cli import _set_up_memory
+_set_up_memory()  # the allocator setting of the rnnkit command line
 from rnnkit.config import TrainConfig
 from rnnkit.data.text import TextDataLoaders
 from rnnkit.run import build_learner

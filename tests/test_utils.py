@@ -222,6 +222,33 @@ print(applied, steady(24, 3), steady(64, 1))
 """
 
 
+_RELEASE_SCRIPT = """
+import torch
+from rnnkit.utils import heap_free_bytes, release_freed_memory, reuse_freed_memory
+reuse_freed_memory()  # 1 MiB blocks from the heap
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+keep = [torch.ones(256 * 1024) for _ in range(64)]  # 64 x 1 MiB, touched
+del keep[::2]  # 32 MiB of holes that the heap keeps
+free, before = heap_free_bytes(), rss()
+print(free is not None, (free or 0) >> 20, release_freed_memory(), (before - rss()) >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux only")
+def test_heap_free_bytes_sees_freed_memory_and_release_freed_memory_returns_it():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True, text=True,
+                         check=True).stdout.split()
+    if out[0] != "True":
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    free_mb, released, rss_drop_mb = int(out[1]), out[2], int(out[3])
+    assert free_mb >= 30 and released == "True"
+    assert rss_drop_mb >= 24  # the holes' pages went back to the system
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_reuse_freed_memory_keeps_step_sized_blocks_and_never_large_ones():
     import subprocess
@@ -249,4 +276,9 @@ def test_reuse_freed_memory_is_a_no_op_off_linux(monkeypatch):
 
     monkeypatch.setattr(utils.sys, "platform", "darwin")
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
-    assert utils.reuse_freed_memory() is False
+    utils._glibc.cache_clear()  # looked up once per process
+    try:
+        assert utils.reuse_freed_memory() is False
+        assert utils.release_freed_memory() is False and utils.heap_free_bytes() is None
+    finally:
+        utils._glibc.cache_clear()

@@ -210,6 +210,15 @@ def _suggest_funcs() -> tuple:
     return (valley, slide, minimum, steep)
 
 
+def _set_up_memory() -> None:
+    """This process only trains or evaluates: glibc keeps freed blocks (up to 1 GiB) for the next step
+    instead of mapping and zero-filling them afresh, and the ReleaseFreedMemory callback that every
+    learner of `run.build_learner` has bounds what it keeps, so resident memory stays flat (issue 13)."""
+    from rnnkit.utils import reuse_freed_memory
+
+    reuse_freed_memory(max_block=1 << 30, keep_free=1 << 30)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rnnkit` console script."""
     parser = build_parser()
@@ -220,9 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     from rnnkit.checkpoint import CheckpointError
     from rnnkit.config import ConfigError
-    from rnnkit.utils import reuse_freed_memory
 
-    reuse_freed_memory()  # this process only trains or evaluates: keep freed memory for the next step
+    _set_up_memory()
 
     # TerminateOnNaNCallback warns; the command prints its own one-line message instead.
     warnings.filterwarnings("ignore", message="Loss is .* training stopped", category=RuntimeWarning)

@@ -31,6 +31,7 @@ __all__ = [
     "find_bs",
     "noop",
     "range_of",
+    "heap_free_bytes",
     "release_freed_memory",
     "reuse_freed_memory",
     "snake_case",
@@ -185,19 +186,18 @@ def reuse_freed_memory(max_block: int = 32 << 20, keep_free: int = 128 << 20) ->
     reused, and keep up to `keep_free` bytes free at the heap's top instead of returning them after
     each step. Larger blocks are mapped afresh each time, as glibc does by default.
 
-    glibc's default raises its mmap threshold only as it sees blocks freed and trims the heap's top
-    down to twice that, so a training loop's activations (an LSTM's oneDNN workspace, dropped
-    weights, gradients of a few MB to 32 MB) keep being mapped and zero-filled by the kernel: with this
-    setting a fastai-sized AWD-LSTM step on PTB took 1.80 s instead of 1.92-1.98 s on 2 cores
-    (`benchmarks/bench_memory.py`). The logits-sized blocks of a language model do not need it: they
-    come from `rnnkit.memory.buffer_pool`.
+    By default glibc maps every block over 32 MiB afresh and trims its heap's top often, so a training
+    step's activations (an LSTM's oneDNN workspace, dropped weights, gradients) are mapped and
+    zero-filled by the kernel every step. (A language model's logits-sized blocks do not need this:
+    they come from `rnnkit.memory.buffer_pool`.)
 
-    32 MiB is glibc's own ceiling for its adaptive threshold. Do not raise it far: before issue 13 this
-    served blocks up to 1 GiB from the heap, and smaller blocks settling in the holes that logits-sized
-    ones leave made the heap grow without bound (21 GB within an epoch of WikiText-2). With these
-    values resident memory stays flat after a warm-up. Process-wide and lasting; the `rnnkit` command
-    line calls it, and it is safe to call once in a training script of your own. Returns True where it
-    took effect (Linux with glibc).
+    The defaults are safe on their own: 32 MiB is glibc's own ceiling for its adaptive threshold, and
+    resident memory stays flat. Larger values are faster (a fastai-sized AWD-LSTM step on PTB: 1.76 s
+    with 1 GiB against 1.89 s, 2 cores) but only together with the `ReleaseFreedMemory` callback, which
+    bounds what the heap keeps: without it, smaller blocks settle in the holes large ones leave and the
+    heap grows without bound (21 GB within an epoch of WikiText-2 before issue 13). The `rnnkit`
+    command line uses 1 GiB with that callback. Process-wide and lasting. Returns True where it took
+    effect (Linux with glibc).
     """
     libc = _glibc()
     if libc is None:
@@ -209,6 +209,7 @@ def reuse_freed_memory(max_block: int = 32 << 20, keep_free: int = 128 << 20) ->
             and bool(mallopt(m_trim_threshold, min(int(keep_free), 2**31 - 1))))
 
 
+@functools.cache
 def _glibc() -> Any:
     if not sys.platform.startswith("linux"):
         return None
@@ -218,6 +219,23 @@ def _glibc() -> Any:
     except (OSError, AttributeError):
         return None
     return libc
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def heap_free_bytes() -> int | None:
+    """Bytes free inside glibc's heaps (`mallinfo2().fordblks`): memory the process holds but does not use.
+    None where that cannot be read (not glibc, or glibc older than 2.33)."""
+    libc = _glibc()
+    mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if mallinfo2 is None:
+        return None
+    mallinfo2.argtypes, mallinfo2.restype = [], _Mallinfo2
+    return int(mallinfo2().fordblks)
 
 
 def release_freed_memory() -> bool:

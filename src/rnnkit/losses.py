@@ -176,10 +176,10 @@ class MSELossFlat(BaseLoss):
 
 
 # Rows per chunk hold about this many bytes of logits, so each chunk stays in cache between the passes
-# over it. Forward and backward at PTB's shape (4480 x 10000, 2 threads): 37 ms with 1 MiB chunks,
-# 51 ms with 256 KiB, 68 ms with 4 MiB; torch's cross_entropy 164 ms (WikiText-2's 4480 x 33278:
-# 171 ms against 1501 ms).
-_CE_CHUNK_BYTES = 1 << 20
+# over it. Forward and backward (benchmarks/bench_cross_entropy.py, 2 threads): PTB's 4480 x 10000 logits
+# 32 ms with 4 MiB chunks, 36 ms with 1 MiB, 48 ms with 256 KiB, torch's cross_entropy 167 ms;
+# WikiText-2's 4480 x 33278: 113, 139, 279 and 809 ms.
+_CE_CHUNK_BYTES = 4 << 20
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):

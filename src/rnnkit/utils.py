@@ -192,8 +192,9 @@ def reuse_freed_memory(max_block: int = 32 << 20, keep_free: int = 128 << 20) ->
     they come from `rnnkit.memory.buffer_pool`.)
 
     The defaults are safe on their own: 32 MiB is glibc's own ceiling for its adaptive threshold, and
-    resident memory stays flat. Larger values are faster (a fastai-sized AWD-LSTM step on PTB: 1.76 s
-    with 1 GiB against 1.89 s, 2 cores) but only together with the `ReleaseFreedMemory` callback, which
+    resident memory stays flat. Larger values are faster (a fastai-sized AWD-LSTM step on PTB: 1.78 s
+    with 1 GiB against 1.89 s on 2 cores; `benchmarks/bench_memory.py --preset fastai --bs 32 --corpora
+    ptb` measures it) but only together with the `ReleaseFreedMemory` callback, which
     bounds what the heap keeps: without it, smaller blocks settle in the holes large ones leave and the
     heap grows without bound (21 GB within an epoch of WikiText-2 before issue 13). The `rnnkit`
     command line uses 1 GiB with that callback. Process-wide and lasting. Returns True where it took

@@ -192,8 +192,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         n, c = x.shape
         valid = targ != ignore_index
         t = torch.where(valid, targ, torch.zeros_like(targ))
-        if n and (int(t.min()) < 0 or int(t.max()) >= c):
-            bad = int(t.max()) if int(t.max()) >= c else int(t.min())
+        lo, hi = (int(t.min()), int(t.max())) if n else (0, 0)
+        if lo < 0 or hi >= c:
+            bad = hi if hi >= c else lo
             raise IndexError(f"Target {bad} is out of bounds: the model gives {c} classes (targets 0 to {c - 1}).")
         rows = max(1, _CE_CHUNK_BYTES // max(c * x.element_size(), 1))
         nll = x.new_empty(n)

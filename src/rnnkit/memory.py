@@ -100,7 +100,7 @@ class BufferPool:
         """Bytes the pool holds, in use or not."""
         return sum(s.nbytes() for s in self._buffers)
 
-    def release_free(self) -> None:
+    def release_idle(self) -> None:
         """Give the buffers nothing uses back to the system; the Learner calls it at the end of `fit`, so
         a notebook does not keep logits-sized memory between fits."""
         with self._lock:

@@ -200,26 +200,12 @@ def reuse_freed_memory(max_block: int = 32 << 20, keep_free: int = 128 << 20) ->
     command line uses 1 GiB with that callback. Process-wide and lasting. Returns True where it took
     effect (Linux with glibc).
     """
-    libc = _glibc()
-    if libc is None:
+    mallopt = getattr(_glibc(), "mallopt", None)
+    if mallopt is None:
         return False
-    mallopt = libc.mallopt
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's M_TRIM_THRESHOLD and M_MMAP_THRESHOLD
     return (bool(mallopt(m_mmap_threshold, min(int(max_block), 2**31 - 1)))
             and bool(mallopt(m_trim_threshold, min(int(keep_free), 2**31 - 1))))
-
-
-@functools.cache
-def _glibc() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None)  # the C library already loaded into this process
-        libc.mallopt, libc.malloc_trim  # noqa: B018  (glibc's; other C libraries lack them)
-    except (OSError, AttributeError):
-        return None
-    return libc
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -228,15 +214,29 @@ class _Mallinfo2(ctypes.Structure):
                  "keepcost")]
 
 
+@functools.cache
+def _glibc() -> Any:
+    """The process's C library with glibc's malloc controls typed, or None (not Linux, not glibc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)  # the C library already loaded into this process
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):  # other C libraries lack them
+        return None
+    if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
+        libc.mallinfo2.argtypes, libc.mallinfo2.restype = [], _Mallinfo2
+    return libc
+
+
 def heap_free_bytes() -> int | None:
     """Bytes free inside glibc's heaps (`mallinfo2().fordblks`): memory the process holds but does not use.
     None where that cannot be read (not glibc, or glibc older than 2.33)."""
     libc = _glibc()
-    mallinfo2 = getattr(libc, "mallinfo2", None) if libc is not None else None
-    if mallinfo2 is None:
+    if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-    mallinfo2.argtypes, mallinfo2.restype = [], _Mallinfo2
-    return int(mallinfo2().fordblks)
+    return int(libc.mallinfo2().fordblks)
 
 
 def release_freed_memory() -> bool:
@@ -251,7 +251,6 @@ def release_freed_memory() -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     libc.malloc_trim(0)
     return True
 

@@ -445,7 +445,7 @@ class Learner:
     def _end_cleanup(self) -> None:
         self.dl, self.xb, self.yb, self.pred = None, (), (), None
         self.loss_grad = self.loss
-        buffer_pool.release_free()  # the logits-sized buffers of this fit, unless something still holds them
+        buffer_pool.release_idle()  # the logits-sized buffers of this fit, unless something still holds them
         for cb in self._cbs:
             cb.run = True  # a callback that switched itself off is back on for the next fit
 

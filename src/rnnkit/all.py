@@ -24,3 +24,4 @@ from rnnkit.training.recorder import Recorder
 from rnnkit.utils import *
 from rnnkit.models import *
 from rnnkit.text.learner import LMLearner, TextLearner, awd_lstm_lm_split, language_model_learner
+from rnnkit.export import ExportError, export_learner, load_learner

@@ -23,6 +23,7 @@ __all__ = ["Callback", "TrainEvalCallback", "has_event", "check_event_names"]
 _CANCELS = (CancelBatchException, CancelTrainException, CancelValidException, CancelEpochException,
             CancelStepException, CancelBackwardException, CancelFitException)
 _EVENT_PREFIXES = ("before_", "after_")
+_EVENT_SET = frozenset(ALL_EVENTS)
 
 
 class Callback:
@@ -155,6 +156,12 @@ class Callback:
             warnings.warn(f"You are shadowing an attribute ({name}) that exists in the learner. "
                           f"Use `self.learn.{name}` to avoid this", stacklevel=2)
         super().__setattr__(name, value)
+        if name in _EVENT_SET and learn is not None:
+            # `cb.after_batch = f` after the callback was added: the learner's per-event lists
+            # must now include it, as fastai calls every callback for every event.
+            reindex = getattr(learn, "_reindex", None)
+            if reindex is not None:
+                reindex()
 
     @property
     def name(self) -> str:
@@ -186,8 +193,9 @@ def _annotate(e: Exception, cb_name: str, event_name: str) -> None:
 
 
 def has_event(cb: Callback, event_name: str) -> bool:
-    """Whether `cb` does something on `event_name` (overrides the no-op or was given a function)."""
-    if event_name in cb.__dict__:
+    """Whether `cb` may do something on `event_name`: it overrides the no-op, was given a function,
+    or overrides `__call__` (then, as in fastai, it sees every event)."""
+    if event_name in cb.__dict__ or type(cb).__call__ is not Callback.__call__:
         return True
     meth = getattr(type(cb), event_name, None)
     return meth is not None and meth is not getattr(Callback, event_name)
@@ -213,11 +221,17 @@ class TrainEvalCallback(Callback):
         self.learn.n_epoch = 1
 
     def before_fit(self) -> None:
-        self.learn.epoch = 0
-        self.learn.loss = torch.tensor(0.0)
-        self.learn.train_iter = 0
-        self.learn.pct_train = 0.0
-        self.learn._n_train_batches = self.learn.n_epoch * max(len(self.learn.dls.train), 1)
+        learn = self.learn
+        learn.epoch = 0
+        learn.loss = torch.tensor(0.0)
+        learn.train_iter = 0
+        learn.pct_train = 0.0
+        learn._n_train_batches = learn.n_epoch * max(len(learn.dls.train), 1)
+        device = getattr(learn.dls, "device", None)
+        if device is not None:
+            learn.model.to(device)
+        if callable(getattr(learn.model, "reset", None)):
+            learn.model.reset()  # no hidden state from before this fit
 
     def before_train(self) -> None:
         self.learn.pct_train = self.learn.epoch / self.learn.n_epoch

@@ -175,3 +175,55 @@ def test_ar_tar_in_bfloat16_keeps_the_dtype_and_sums_in_float32():
 def test_ar_tar_rejects_activations_without_a_time_axis():
     with pytest.raises(ValueError, match="seq_len"):
         ar_tar(torch.ones(3), torch.ones(3), 0.0, 1.0)
+
+
+def test_rnn_cbs_bundles_the_resetter_and_adds_the_regularizer_only_when_asked():
+    from rnnkit.callbacks.rnn import ModelResetter
+
+    assert [type(c) for c in rnn_cbs()] == [ModelResetter, RNNCallback]
+    full = rnn_cbs(alpha=2.0, beta=1.0)
+    assert [type(c) for c in full] == [ModelResetter, RNNCallback, RNNRegularizer]
+    assert (full[2].alpha, full[2].beta) == (2.0, 1.0)
+    assert len(rnn_cbs(beta=1.0)) == 3 and len(rnn_cbs(alpha=0.5)) == 3
+
+
+class _CountResets(TinyRNN):
+    def __init__(self):
+        super().__init__()
+        self.resets = 0
+
+    def reset(self):
+        self.resets += 1
+
+
+def test_a_model_trained_with_rnn_cbs_is_reset():
+    model = _CountResets()
+    learn = Learner(_dls(), model, loss_func=CrossEntropyLossFlat(), cbs=rnn_cbs())
+    learn.fit(2)
+    # TrainEvalCallback.before_fit, then ModelResetter: before_train + before_validate per epoch, after_fit
+    assert model.resets == 1 + 2 * 2 + 1
+
+
+def test_rnn_trainer_resets_the_model_at_the_start_of_every_epoch():
+    model = _CountResets()
+    learn = Learner(_dls(), model, loss_func=CrossEntropyLossFlat(), default_cbs=True)
+    starts = []
+
+    class Spy(Callback):
+        order = RNNTrainer.order + 1
+
+        def before_epoch(self):
+            starts.append(model.resets)
+
+    RNNTrainer(learn, bptt=5, alpha=0.0, beta=0.0)
+    learn.add_cb(Spy())
+    learn.fit(3)
+    assert starts == [2, 3, 4]  # before_fit's reset, then one more at each epoch's start
+
+
+def test_text_learner_has_one_model_resetter():
+    from rnnkit.callbacks.rnn import ModelResetter
+
+    learn = TextLearner(_dls(), _CountResets(), loss_func=CrossEntropyLossFlat())
+    assert len([c for c in learn.cbs if isinstance(c, ModelResetter)]) == 1
+    assert learn.get_cb(RNNRegularizer).alpha == 2.0

@@ -27,7 +27,9 @@ class ModelResetter(Callback):
 
 
 def _reset(model: nn.Module) -> None:
-    model.reset()  # type: ignore[operator]  # any model with a reset() method
+    reset = getattr(model, "reset", None)
+    if callable(reset):  # rnn_cbs() may also be given a model with no state to reset
+        reset()
 
 
 ModelReseter = ModelResetter  # the spelling the chapter-12 notebook uses
@@ -138,13 +140,18 @@ class RNNRegularizer(Callback):
 
 
 def rnn_cbs(alpha: float = 0.0, beta: float = 0.0) -> list[Callback]:
-    """The callbacks an RNN with AR/TAR needs: `[RNNCallback(), RNNRegularizer(alpha, beta)]`."""
-    return [RNNCallback(), RNNRegularizer(alpha=alpha, beta=beta)]
+    """The callbacks an RNN needs, as fastai bundles them: `[ModelResetter(), RNNCallback()]`, plus
+    `RNNRegularizer(alpha, beta)` when AR or TAR is on."""
+    cbs: list[Callback] = [ModelResetter(), RNNCallback()]
+    if alpha or beta:
+        cbs.append(RNNRegularizer(alpha=alpha, beta=beta))
+    return cbs
 
 
 class RNNTrainer(RNNRegularizer):
-    """fastai's RNN training tweaks in one callback: AR, TAR, and, when the loader varies the
-    sequence length, the learning rate multiplied by `seq_len/bptt` for that step (restored after).
+    """fastai's RNN training tweaks in one callback: the model reset at the start of every epoch, AR,
+    TAR, and, when the loader varies the sequence length, the learning rate multiplied by
+    `seq_len/bptt` for that step (restored after).
 
     `RNNTrainer(learn, bptt, alpha, beta)` adds itself to `learn`; pass `learn=None` to add it
     yourself (e.g. in `cbs=`).
@@ -159,6 +166,11 @@ class RNNTrainer(RNNRegularizer):
         self._saved_lrs: list[float] | None = None
         if learn is not None:
             learn.add_cb(self)
+
+    def before_epoch(self) -> None:
+        # fastai v1's on_epoch_begin: each epoch starts from a zero hidden state
+        if callable(getattr(self.learn.model, "reset", None)):
+            self.learn.model.reset()
 
     def before_step(self) -> None:
         if not self.adjust:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnkit.callbacks.rnn import ModelResetter, rnn_cbs
+from rnnkit.callbacks.rnn import rnn_cbs
 from rnnkit.losses import CrossEntropyLossFlat
 from rnnkit.metrics import Perplexity, accuracy
 from rnnkit.models.awd_lstm import AWD_LSTM, AWDLSTMConfig, _as_config, get_language_model
@@ -19,14 +19,12 @@ __all__ = ["TextLearner", "LMLearner", "language_model_learner", "awd_lstm_lm_sp
 
 
 class TextLearner(Learner):
-    """A `Learner` for recurrent text models: adds `ModelResetter` and `rnn_cbs(alpha, beta)`."""
+    """A `Learner` for recurrent text models: adds `rnn_cbs(alpha, beta)` (ModelResetter, RNNCallback, AR/TAR)."""
 
     def __init__(self, dls: Any, model: nn.Module, alpha: float = 2.0, beta: float = 1.0,
                  moms: tuple[float, float, float] = (0.8, 0.7, 0.8), **kwargs: Any) -> None:
         super().__init__(dls, model, moms=moms, **kwargs)
         self.add_cbs(rnn_cbs(alpha, beta))
-        if hasattr(model, "reset"):
-            self.add_cb(ModelResetter())
 
 
 def awd_lstm_lm_split(model: nn.Module) -> list[list[nn.Parameter]]:

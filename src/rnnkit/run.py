@@ -115,6 +115,7 @@ def build_learner(cfg: TrainConfig, dls: Any) -> LMLearner:
     learn = language_model_learner(dls, config=model_config(cfg), drop_mult=cfg.drop_mult, alpha=cfg.alpha,
                                    beta=cfg.beta, wd=cfg.wd, opt_func=opt_func, lr=cfg.lr, path=cfg.out,
                                    model_dir=".", cbs=cbs)
+    learn.drop_grads = True  # faster (see Learner._zero_grad); no callback here reads p.grad after a step
     if cfg.precision == "bf16":
         learn.to_bf16()
     elif cfg.precision == "fp16":

@@ -157,7 +157,7 @@ def test_bad_arguments_raise_clear_errors(make_learner, tiny_dls):
 
     with pytest.raises(ValueError, match="needs a loss function"):
         Learner(tiny_dls, nn.Linear(4, 3))
-    with pytest.raises(ValueError, match="lr must be positive"):
+    with pytest.raises(ValueError, match="lr must be >= 0"):
         make_learner().fit(1, lr=-1)
     with pytest.raises(TypeError, match="Callback instances or classes"):
         make_learner(cbs=[object()])
@@ -183,26 +183,42 @@ def test_torch_optimizer_through_wrapper(make_learner):
 
 
 class _GradsAfterStep(Callback):
-    """Records, after each training batch, whether the parameters still hold gradients."""
+    """Records, after each training batch, each parameter's gradient: None, or whether it is all zeros."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.seen: list[list[bool]] = []
+        self.seen: list[list[bool | None]] = []
 
     def after_batch(self) -> None:
         if self.training:
-            self.seen.append([p.grad is not None for p in self.learn.model.parameters()])
+            self.seen.append([None if p.grad is None else bool((p.grad == 0).all())
+                              for p in self.learn.model.parameters()])
 
 
-def test_gradients_are_dropped_after_each_step(make_learner):
-    # torch.optim's default: the next backward writes fresh gradient buffers instead of adding
-    # into zeroed ones; training is unchanged.
+def test_gradients_are_zeroed_in_place_after_each_step_as_in_fastai(make_learner):
+    # A callback reading p.grad in after_batch finds a zero tensor, as on fastai.
     rec = _GradsAfterStep()
     learn = make_learner(cbs=rec, lr=0.1)
     before = learn.validate()[0]
     learn.fit(2)
-    assert rec.seen and not any(any(s) for s in rec.seen)
+    assert rec.seen and all(all(z is True for z in s) for s in rec.seen)
     assert learn.validate()[0] < before
+
+
+def test_gradients_are_dropped_after_each_step_when_asked(make_learner):
+    # torch.optim's default, for speed: the next backward writes fresh gradient buffers instead of
+    # adding into zeroed ones; training is unchanged.
+    rec, plain = _GradsAfterStep(), make_learner(lr=0.1)
+    learn = make_learner(cbs=rec, lr=0.1)
+    learn.model.load_state_dict(plain.model.state_dict())
+    learn.drop_grads = True
+    torch.manual_seed(0)
+    learn.fit(2)
+    torch.manual_seed(0)
+    plain.fit(2)
+    assert rec.seen and all(all(z is None for z in s) for s in rec.seen)
+    for a, b in zip(learn.model.parameters(), plain.model.parameters()):
+        torch.testing.assert_close(a, b)
 
 
 def test_optimizer_whose_zero_grad_takes_no_arguments(make_learner):
@@ -225,6 +241,7 @@ def test_optimizer_whose_zero_grad_takes_no_arguments(make_learner):
 
     rec = _GradsAfterStep()
     learn = make_learner(opt_func=BasicOptim, cbs=rec, lr=0.1, splitter=lambda m: [list(m.parameters())])
+    learn.drop_grads = True  # asked for, but this zero_grad takes no set_to_none
     before = learn.validate()[0]
     learn.fit(1)
     assert learn.opt.zeroed == len(rec.seen) == len(learn.dls.train)

@@ -19,6 +19,14 @@ def _cat(chunks: list[Any]) -> Any:
     return torch.cat(chunks) if isinstance(first, torch.Tensor) else chunks
 
 
+def _detach_cpu(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, (tuple, list)):  # several inputs (n_inp > 1) or targets
+        return type(x)(_detach_cpu(o) for o in x)
+    return x
+
+
 class GatherPredsCallback(Callback):
     """Keep the predictions, targets (and optionally inputs, per-item losses) of every batch."""
 
@@ -38,11 +46,12 @@ class GatherPredsCallback(Callback):
         learn = self.learn
         pred = learn.pred[0] if isinstance(learn.pred, tuple) else learn.pred
         self._preds.append(pred.detach().float().cpu())
-        y = learn.yb[0] if len(learn.yb) == 1 else learn.yb
-        self._targs.append(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
+        if learn.yb:  # batches without targets give `targets = None`, as in fastai
+            y = learn.yb[0] if len(learn.yb) == 1 else learn.yb
+            self._targs.append(_detach_cpu(y))
         if self.with_input:
             x = learn.xb[0] if len(learn.xb) == 1 else learn.xb
-            self._inps.append(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
+            self._inps.append(_detach_cpu(x))
         if self.with_loss:
             self._losses.append(learn.loss.detach().float().cpu().reshape(-1))
 

@@ -13,10 +13,8 @@ import torch
 
 from rnnkit.schedules import SchedExp
 from rnnkit.training.callback import Callback
+from rnnkit.training.events import CancelEpochException, CancelFitException, CancelValidException
 from rnnkit.training.recorder import Recorder
-from rnnkit.training.events import (
-    CancelEpochException, CancelFitException, CancelTrainException, CancelValidException,
-)
 
 __all__ = ["ParamScheduler", "LRFinder", "SuggestedLRs", "SkipToEpoch"]
 
@@ -60,24 +58,27 @@ class ParamScheduler(Callback):
 
 
 class SkipToEpoch(Callback):
-    """Skip the epochs before `start_epoch` (used by `fit(..., start_epoch=)` to resume)."""
+    """Skip the epochs before `start_epoch` (used by `fit(..., start_epoch=)` to resume).
 
-    order = -5  # after TrainEvalCallback has set pct_train for the epoch, before everything else
+    As in fastai, a skipped epoch is cancelled in `before_epoch`: only `before_epoch`,
+    `after_cancel_epoch` and `after_epoch` fire for it, and `train_iter` does not advance
+    (the schedules read `pct_train`, which `before_train` sets from the epoch number).
+    """
 
-    def __init__(self, start_epoch: int) -> None:
+    order = 70  # fastai's: the callbacks before it (Recorder, schedulers) still see before_epoch
+
+    def __init__(self, epoch: int) -> None:
         super().__init__()
-        self.start_epoch = start_epoch
+        self._skip_to = epoch
 
-    def before_train(self) -> None:
-        if self.learn.epoch < self.start_epoch:
-            # keep the schedules where they would have been after this epoch
-            self.learn.pct_train = (self.learn.epoch + 1) / self.learn.n_epoch
-            self.learn.train_iter += len(self.learn.dls.train)
-            raise CancelTrainException()
+    @property
+    def start_epoch(self) -> int:
+        """The first epoch that runs."""
+        return self._skip_to
 
-    def before_validate(self) -> None:
-        if self.learn.epoch < self.start_epoch:
-            raise CancelValidException()
+    def before_epoch(self) -> None:
+        if self.learn.epoch < self._skip_to:
+            raise CancelEpochException()
 
 
 def SuggestedLRs(names: Sequence[str]) -> type:

@@ -279,7 +279,7 @@ class DataLoaders:
     ) -> None:
         self.loaders = list(loaders)
         self.path = Path(path)
-        self.n_inp = 1
+        self._n_inp: int | None = None
         self._device: torch.device | None = None
         if device is not None:
             self.device = device
@@ -298,6 +298,30 @@ class DataLoaders:
 
     def __iter__(self) -> Iterator[DataLoader]:
         return iter(self.loaders)
+
+    @property
+    def n_inp(self) -> int | None:
+        """How many leading elements of a batch are inputs; the rest are targets.
+
+        Unless set, fastai's default: all but the last element of the training set's items
+        (1 for `(x, y)`, 2 for `(x1, x2, y)`), or None when the items cannot be read here (the
+        Learner then applies the same rule to each batch).
+        """
+        if self._n_inp is None:
+            ds = getattr(self.loaders[0], "dataset", None) if self.loaders else None
+            n = getattr(ds, "n_inp", None)
+            if n is None and hasattr(ds, "__getitem__") and hasattr(ds, "__len__") and len(ds) > 0:
+                item = ds[0]
+                n = len(item) - 1 if isinstance(item, (tuple, list)) and len(item) > 1 else 1
+            if n is not None:
+                self._n_inp = int(n)
+        return self._n_inp
+
+    @n_inp.setter
+    def n_inp(self, n: int | None) -> None:
+        if n is not None and (not isinstance(n, int) or n < 0):
+            raise ValueError(f"n_inp is the number of inputs in a batch, a non-negative int; got {n!r}")
+        self._n_inp = n
 
     @property
     def train(self) -> DataLoader:

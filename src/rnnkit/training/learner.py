@@ -27,7 +27,7 @@ from rnnkit.training.events import (
     CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
 )
 from rnnkit.training.recorder import Recorder
-from rnnkit.utils import noop, to_device
+from rnnkit.utils import L, noop, to_device
 
 __all__ = ["Learner", "trainable_params", "norm_bias_params", "load_model_state"]
 
@@ -49,6 +49,16 @@ def norm_bias_params(m: nn.Module, with_bias: bool = True) -> list[nn.Parameter]
         elif with_bias:
             out += [p for n, p in mod.named_parameters(recurse=False) if n.startswith("bias")]
     return out
+
+
+# The loop as `show_training_loop` prints it: fastai's outline, with every event rnnkit fires.
+_LOOP = ("Start Fit", "before_fit", "Start Epoch Loop", "before_epoch", "Start Train", "before_train",
+         "Start Batch Loop", "before_batch", "after_pred", "after_loss", "before_backward", "after_backward",
+         "before_step", "after_step", "after_cancel_batch", "after_batch", "End Batch Loop", "End Train",
+         "after_cancel_train", "after_train", "Start Valid", "before_validate", "Start Batch Loop",
+         "**CBs same as train batch**", "End Batch Loop", "End Valid", "after_cancel_validate",
+         "after_validate", "End Epoch Loop", "after_cancel_epoch", "after_epoch", "End Fit",
+         "after_cancel_fit", "after_fit")
 
 
 def _cb_key(x: Any) -> Any:
@@ -134,14 +144,16 @@ class Learner:
                                  "CrossEntropyLossFlat() or F.cross_entropy")
         if not callable(loss_func):
             raise TypeError(f"loss_func must be callable, got {type(loss_func).__name__}")
-        if lr is not None and not isinstance(lr, slice) and not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
+        _check_lr(lr)
         self.dls, self.model, self.loss_func = dls, model, loss_func
         self.opt_func, self.lr, self.splitter = opt_func, lr, splitter
         self.path = Path(path if path is not None else getattr(dls, "path", "."))
         self.model_dir, self.wd, self.wd_bn_bias, self.train_bn = Path(model_dir), wd, wd_bn_bias, train_bn
         self.moms = moms
         self.opt: Any = None
+        # Gradients are zeroed in place after each step, as in fastai (a callback may read `p.grad` in
+        # after_batch); `drop_grads = True` drops them instead, as torch.optim does by default.
+        self.drop_grads = False
         self._drops_grads: tuple[Any, bool] = (None, False)  # (optimizer, its zero_grad takes set_to_none)
         self.logger: Callable = print
         self.training = False
@@ -208,9 +220,9 @@ class Learner:
         return self.yb[0] if len(self.yb) == 1 else self.yb
 
     @property
-    def cbs(self) -> list[Callback]:
-        """The callbacks, in the order they run."""
-        return list(self._cbs)
+    def cbs(self) -> L:
+        """The callbacks, in the order they run, as a fastcore `L` (`.filter`, `.map`, `.attrgot` ...)."""
+        return L(self._cbs)
 
     @cbs.setter
     def cbs(self, cbs: Any) -> None:
@@ -287,6 +299,19 @@ class Learner:
         """Callbacks that act on `event`, in the order they run."""
         return list(self._event_cbs.get(event, []))
 
+    def show_training_loop(self) -> None:
+        """Print the training loop's events, each with the callbacks that act on it, in order (as fastai does)."""
+        indent = 0
+        for step in _LOOP:
+            if step.startswith("Start"):
+                print(f"{' ' * indent}{step}")
+                indent += 2
+            elif step.startswith("End"):
+                indent -= 2
+                print(f"{' ' * indent}{step}")
+            else:
+                print(f"{' ' * indent} - {step:15}:", self.ordered_cbs(step) if step in ALL_EVENTS else [])
+
     def _reindex(self) -> None:
         self._cbs = _sort_cbs(self._cbs)
         # Per-event lists, so the batch loop only calls callbacks that act on each event.
@@ -345,7 +370,9 @@ class Learner:
         """Run one batch `b` (index `i`) through the model, loss and, in training, the optimizer."""
         self.iter = i
         b = self._to_device(b)
-        n_inp = getattr(self.dls, "n_inp", 1 if len(b) == 1 else len(b) - 1)
+        n_inp = getattr(self.dls, "n_inp", None)
+        if n_inp is None:  # fastai's default: all but the last element are inputs
+            n_inp = 1 if len(b) == 1 else len(b) - 1
         self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
         self._with_events(self._do_one_batch, "batch", CancelBatchException)
 
@@ -369,11 +396,14 @@ class Learner:
         self._zero_grad()
 
     def _zero_grad(self) -> None:
-        # Drop the gradients rather than zero them, as torch.optim does by default: the next backward
-        # then hands each parameter its gradient buffer instead of adding into a zeroed one (two
-        # passes fewer per parameter and step). Optimizers whose zero_grad takes no `set_to_none`
-        # (a user's own, such as the Training Process chapter's) are called as they are.
+        # With `drop_grads` the gradients are dropped rather than zeroed: the next backward then hands
+        # each parameter its gradient buffer instead of adding into a zeroed one (two passes fewer per
+        # parameter and step; the command line asks for it). Optimizers whose zero_grad takes no
+        # `set_to_none` (a user's own, such as the Training Process chapter's) are called as they are.
         opt = self.opt
+        if not self.drop_grads:
+            opt.zero_grad()
+            return
         if self._drops_grads[0] is not opt:
             try:
                 takes = "set_to_none" in inspect.signature(opt.zero_grad).parameters
@@ -422,14 +452,14 @@ class Learner:
         """Train for `n_epoch` epochs at a constant learning rate `lr`."""
         if not isinstance(n_epoch, int) or n_epoch < 0:
             raise ValueError(f"n_epoch must be a non-negative int, got {n_epoch!r}")
-        if lr is not None and not isinstance(lr, slice) and not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
+        _check_lr(lr)
         if len(self.dls.train) == 0:
             raise ValueError("The training DataLoader has no batches: its dataset is smaller "
                              "than one batch (with drop_last=True). Use a smaller bs.")
         cbs = _listify(cbs)
         if start_epoch:
             cbs.append(SkipToEpoch(start_epoch))
+        self._reindex()  # event methods patched onto a callback class since it was added
         with self.added_cbs(cbs):
             if reset_opt or self.opt is None:
                 self.create_opt()
@@ -549,6 +579,14 @@ class Learner:
             res.append(gather.losses)
         return tuple(res)
 
+    def to_detach(self, b: Any, cpu: bool = True, gather: bool = True) -> Any:
+        """`b` (tensors, nested in lists/tuples/dicts) detached from autograd, and on the CPU when `cpu`:
+        what fastai metrics call on the learner. (`gather` is for multi-process runs.)"""
+        dl_detach = getattr(self.dl, "to_detach", None)
+        if dl_detach is not None:
+            return dl_detach(b, cpu, gather)
+        return _detach(b, cpu)
+
     # ---- contexts ----
     @contextlib.contextmanager
     def no_logging(self) -> Iterator[Learner]:
@@ -648,11 +686,19 @@ class Learner:
         if not isinstance(state, dict):
             raise ValueError(f"{target} does not hold a model state dict")
         load_model_state(self.model, state, strict=strict)
+        if self.opt is None:
+            self.create_opt()  # as fastai's load does, so `learn.opt` is there to inspect or fit with
         if with_opt and "opt" in obj:
-            if self.opt is None:
-                self.create_opt()
             self.opt.load_state_dict(obj["opt"])
         return self
+
+    def export(self, fname: str | Path = "export.pkl", pickle_module: Any = None,
+               pickle_protocol: int | None = None) -> Path:
+        """Write everything `load_learner` needs to `path/fname`: config, vocabulary and safetensors
+        weights in one checksummed file. Never a pickle, whatever the name (fastai's is)."""
+        from rnnkit.export import export_learner  # the export module builds text learners, which import this one
+
+        return export_learner(self, fname, pickle_module, pickle_protocol)
 
     def __repr__(self) -> str:
         return f"Learner(model={type(self.model).__name__}, cbs={self._cbs})"
@@ -668,6 +714,25 @@ def _param_state(opt: Any, p: torch.Tensor) -> dict[str, Any]:
     if st is None:
         st = opt.state[p] = {}
     return st
+
+
+def _detach(b: Any, cpu: bool) -> Any:
+    if isinstance(b, torch.Tensor):
+        b = b.detach()
+        return b.cpu() if cpu else b
+    if isinstance(b, dict):
+        return {k: _detach(v, cpu) for k, v in b.items()}
+    if isinstance(b, (list, tuple)):
+        return type(b)(_detach(o, cpu) for o in b)
+    return b
+
+
+def _check_lr(lr: Any) -> None:
+    """A learning rate may be 0 (the weights stay where they are, as in fastai), not negative or NaN."""
+    if lr is None or isinstance(lr, slice) or isinstance(lr, (list, tuple, np.ndarray)):
+        return
+    if not lr >= 0:
+        raise ValueError(f"lr must be >= 0 (0 keeps the weights still), got {lr}")
 
 
 def _listify(x: Any) -> list[Any]:

@@ -51,19 +51,26 @@ class Recorder(Callback):
 
     @property
     def _train_mets(self) -> list[Metric]:
+        if getattr(self, "cancel_train", False):
+            return []  # a cancelled training phase (as in lr_find) leaves its values out of the row
         return [self.smooth_loss] + (self.metrics if self.train_metrics else [])
 
     @property
     def _valid_mets(self) -> list[Metric]:
+        if getattr(self, "cancel_valid", False):
+            return []
         return [self.loss] + (self.metrics if self.valid_metrics else [])
 
     @property
     def metric_names(self) -> list[str]:
-        """Column names of the per-epoch table."""
+        """Column names of the per-epoch table, as fastai names them."""
         names = [m.name for m in self.metrics]
-        cols = ["train_loss"] + ([f"train_{n}" for n in names] if self.train_metrics else [])
-        if self.valid_metrics:
-            cols += ["valid_loss"] + names
+        if self.train_metrics and self.valid_metrics:
+            cols = [f"train_{n}" for n in ["loss"] + names] + [f"valid_{n}" for n in ["loss"] + names]
+        elif self.valid_metrics:
+            cols = ["train_loss", "valid_loss"] + names
+        else:
+            cols = ["train_loss"] + names
         return ["epoch"] + cols + (["time"] if self.add_time else [])
 
     def before_fit(self) -> None:
@@ -91,10 +98,12 @@ class Recorder(Callback):
         self.log = [getattr(self.learn, "epoch", 0)]
 
     def before_train(self) -> None:
+        self.cancel_train = False
         for m in self._train_mets[1:]:
             m.reset()
 
     def before_validate(self) -> None:
+        self.cancel_valid = False  # also for a validate() outside fit, after an lr_find cancelled one
         for m in self._valid_mets:
             m.reset()
 
@@ -102,7 +111,8 @@ class Recorder(Callback):
         self.log += [_value(m) for m in self._train_mets]
 
     def after_validate(self) -> None:
-        self.learn.final_record = [_value(m) for m in self._valid_mets]
+        mets = self._valid_mets
+        self.learn.final_record = [_value(m) for m in mets]
         if self.valid_metrics:
             self.log += self.learn.final_record
 
@@ -119,7 +129,8 @@ class Recorder(Callback):
         if getattr(self, "cancel_epoch", False) and len(self.log) == 1:
             self.cancel_epoch = False
             return  # skipped before anything ran (e.g. epochs already done when resuming)
-        self.values.append(self.log[1:].copy())
+        self.learn.final_record = self.log[1:].copy()  # fastai's: the row without epoch and time
+        self.values.append(self.learn.final_record.copy())
         if self.add_time:
             self.log.append(_fmt_time(time.time() - self.start_epoch))
         self.learn.logger(self.log)

@@ -2,18 +2,27 @@
 from rnnkit.callbacks.clip import GradientClip
 from rnnkit.callbacks.csv_logger import CSVLogger
 from rnnkit.callbacks.fp16 import MixedPrecision
+from rnnkit.callbacks.graph import ShowGraphCallback
+from rnnkit.callbacks.hook import (
+    ActivationStats, Hook, HookCallback, Hooks, has_params, hook_output, hook_outputs,
+)
 from rnnkit.callbacks.ntasgd import NTASGD
 from rnnkit.callbacks.checkpoint import Checkpointer
 from rnnkit.callbacks.preds import GatherPredsCallback
 from rnnkit.callbacks.progress import ProgressCallback
 from rnnkit.callbacks.rnn import ModelReseter, ModelResetter, RNNCallback, RNNRegularizer, RNNTrainer, rnn_cbs
 from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SkipToEpoch, SuggestedLRs
+from rnnkit.callbacks.tensorboard import TensorBoardBaseCallback, TensorBoardCallback, projector_word_embeddings
 from rnnkit.callbacks.tracker import (
-    EarlyStoppingCallback, SaveModelCallback, TerminateOnNaNCallback, TrackerCallback,
+    EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback, TerminateOnNaNCallback, TrackerCallback,
 )
+from rnnkit.callbacks.training import GradientAccumulation
 
 __all__ = ["NTASGD", "Checkpointer", 
     "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback", "ProgressCallback",
     "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs", "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",
     "EarlyStoppingCallback", "SaveModelCallback", "TerminateOnNaNCallback", "TrackerCallback",
+    "ReduceLROnPlateau", "GradientAccumulation", "ShowGraphCallback",
+    "Hook", "hook_output", "Hooks", "hook_outputs", "has_params", "HookCallback", "ActivationStats",
+    "TensorBoardBaseCallback", "TensorBoardCallback", "projector_word_embeddings",
 ]

@@ -12,7 +12,8 @@ from rnnkit.training.callback import Callback
 from rnnkit.training.events import CancelFitException
 from rnnkit.training.recorder import Recorder
 
-__all__ = ["TerminateOnNaNCallback", "TrackerCallback", "EarlyStoppingCallback", "SaveModelCallback"]
+__all__ = ["TerminateOnNaNCallback", "TrackerCallback", "EarlyStoppingCallback", "SaveModelCallback",
+           "ReduceLROnPlateau"]
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +118,41 @@ class SaveModelCallback(TrackerCallback):
             self._save(self.fname)
         elif not self.every_epoch and self.last_saved_path is not None:
             self.learn.load(self.fname, with_opt=self.with_opt)
+
+
+class ReduceLROnPlateau(TrackerCallback):
+    """Divide the learning rate of every group by `factor` when `monitor` has not improved for
+    `patience` epochs, never below `min_lr`."""
+
+    def __init__(self, monitor: str = "valid_loss", comp: Callable | None = None, min_delta: float = 0.0,
+                 patience: int = 1, factor: float = 10.0, min_lr: float = 0, reset_on_fit: bool = True) -> None:
+        super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
+        if not factor > 0:
+            raise ValueError(f"ReduceLROnPlateau needs factor > 0 (the lr is divided by it), got {factor!r}")
+        self.patience, self.factor, self.min_lr = patience, factor, min_lr
+
+    def before_fit(self) -> None:
+        self.wait = 0
+        super().before_fit()
+
+    def after_epoch(self) -> None:
+        super().after_epoch()
+        if getattr(self, "skipped", False):
+            return  # an epoch skipped when resuming says nothing about a plateau
+        if self.new_best:
+            self.wait = 0
+            return
+        self.wait += 1
+        if self.wait < self.patience:
+            return
+        self.wait = 0
+        opt = self.learn.opt
+        old_lr = opt.hypers[-1]["lr"]
+        new_lrs = [max(h["lr"] / self.factor, self.min_lr) for h in opt.hypers]
+        if hasattr(opt, "set_hyper"):
+            opt.set_hyper("lr", new_lrs)
+        else:  # a user's own optimizer with plain `hypers` dicts
+            for h, lr in zip(opt.hypers, new_lrs):
+                h["lr"] = lr
+        if new_lrs[-1] < old_lr:
+            print(f"Epoch {self.learn.epoch}: reducing lr to {new_lrs[-1]}")

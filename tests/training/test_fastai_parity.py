@@ -217,3 +217,39 @@ def test_learner_to_detach_and_show_training_loop(make_learner, capsys):
     assert out.splitlines()[0] == "Start Fit"
     assert "   - before_fit     : [TrainEvalCallback, Recorder" in out
     assert "End Fit" in out.splitlines()[-3]
+
+
+def test_get_preds_gives_one_loss_per_item_and_takes_fastai_keywords(make_learner):
+    seq_dls = DataLoaders.from_dsets([(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(12)],
+                                     [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(6)], bs=4)
+
+    def flat_ce(pred, y, reduction="mean"):
+        return nn.functional.cross_entropy(pred.view(-1, 3), y.view(-1), reduction=reduction)
+
+    learn = Learner(seq_dls, nn.Linear(4, 3), loss_func=flat_ce)
+    preds, targs, losses = learn.get_preds(with_loss=True, reorder=False, inner=True)
+    assert losses.shape == (6,)  # one per sequence, the mean of its 5 token losses
+    full = flat_ce(preds, targs, reduction="none").view(6, 5).mean(1)
+    torch.testing.assert_close(losses, full)
+    only_preds = learn.get_preds(with_targs=False)
+    assert only_preds[1] is None and only_preds[0].shape == (6, 5, 3)
+
+
+def test_fetch_preds_callback_gets_predictions_after_each_validation(make_learner):
+    from rnnkit.callbacks.preds import FetchPredsCallback
+
+    fetch = FetchPredsCallback(ds_idx=0)
+    learn = make_learner(cbs=fetch, metrics=accuracy)
+    learn.fit(1)
+    preds, targs = fetch.preds
+    assert preds.shape == (64, 3) and targs.shape == (64,)
+    assert len(learn.recorder.values) == 1 and len(learn.recorder.values[0]) == 3  # the epoch's row intact
+
+
+def test_trackers_ignore_epochs_skipped_by_start_epoch(make_learner):
+    from rnnkit.callbacks.tracker import EarlyStoppingCallback
+
+    stop = EarlyStoppingCallback(patience=1)
+    learn = make_learner(cbs=stop, lr=0.1)
+    learn.fit(3, start_epoch=2)  # two skipped epochs must not count as "no improvement"
+    assert learn.epoch == 2 and len(learn.recorder.values) == 1 and stop.wait == 0

@@ -8,7 +8,7 @@ from rnnkit.callbacks.hook import (
 )
 from rnnkit.callbacks.ntasgd import NTASGD
 from rnnkit.callbacks.checkpoint import Checkpointer
-from rnnkit.callbacks.preds import GatherPredsCallback
+from rnnkit.callbacks.preds import FetchPredsCallback, GatherPredsCallback
 from rnnkit.callbacks.progress import ProgressCallback
 from rnnkit.callbacks.rnn import ModelReseter, ModelResetter, RNNCallback, RNNRegularizer, RNNTrainer, rnn_cbs
 from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SkipToEpoch, SuggestedLRs
@@ -19,7 +19,7 @@ from rnnkit.callbacks.tracker import (
 from rnnkit.callbacks.training import GradientAccumulation
 
 __all__ = ["NTASGD", "Checkpointer", 
-    "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback", "ProgressCallback",
+    "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback", "FetchPredsCallback", "ProgressCallback",
     "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs", "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",
     "EarlyStoppingCallback", "SaveModelCallback", "TerminateOnNaNCallback", "TrackerCallback",
     "ReduceLROnPlateau", "GradientAccumulation", "ShowGraphCallback",

@@ -77,6 +77,7 @@ class ProgressCallback(Callback):
     """Show a progress bar over batches and the table of per-epoch results."""
 
     order = 60
+    remove_on_fetch = True
 
     def __init__(self, show_bar: bool | None = None, show_table: bool = True) -> None:
         super().__init__()

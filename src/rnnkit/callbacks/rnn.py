@@ -169,8 +169,7 @@ class RNNTrainer(RNNRegularizer):
 
     def before_epoch(self) -> None:
         # fastai v1's on_epoch_begin: each epoch starts from a zero hidden state
-        if callable(getattr(self.learn.model, "reset", None)):
-            self.learn.model.reset()
+        _reset(self.learn.model)
 
     def before_step(self) -> None:
         if not self.adjust:

@@ -48,7 +48,7 @@ class TrackerCallback(Callback):
             min_delta *= -1
         self.monitor, self.comp, self.min_delta, self.reset_on_fit = monitor, comp, min_delta, reset_on_fit
         self.best: float | None = None
-        self.new_best = False
+        self.new_best = self.skipped = False
 
     def before_fit(self) -> None:
         if self.reset_on_fit or self.best is None:
@@ -60,8 +60,18 @@ class TrackerCallback(Callback):
                              f"recorded; choose one of {[n for n in names if n != 'time']}")
         self.idx = names.index(self.monitor)
 
+    def before_epoch(self) -> None:
+        rec = self.learn.get_cb(Recorder)
+        self._n_rows = len(rec.values) if rec is not None else 0
+
     def after_epoch(self) -> None:
-        val = self.learn.get_cb(Recorder).values[-1][self.idx]
+        values = self.learn.get_cb(Recorder).values
+        row = values[-1] if len(values) > getattr(self, "_n_rows", 0) else None
+        if row is None or self.idx >= len(row):  # a skipped epoch (start_epoch, resume)
+            self.skipped, self.new_best = True, False
+            return
+        self.skipped = False
+        val = row[self.idx]
         self.new_best = val is not None and bool(self.comp(float(val) - self.min_delta, float(self.best or 0)))
         if self.new_best:
             self.best = val
@@ -81,6 +91,8 @@ class EarlyStoppingCallback(TrackerCallback):
 
     def after_epoch(self) -> None:
         super().after_epoch()
+        if self.skipped:
+            return
         if self.new_best:
             self.wait = 0
         else:
@@ -109,7 +121,7 @@ class SaveModelCallback(TrackerCallback):
                 self._save(f"{self.fname}_{self.learn.epoch}")
             return
         super().after_epoch()
-        if self.new_best:
+        if self.new_best and not self.skipped:
             print(f"Better model found at epoch {self.learn.epoch} with {self.monitor} value: {self.best}.")
             self._save(self.fname)
 

@@ -308,7 +308,7 @@ class DataLoaders:
         Learner then applies the same rule to each batch).
         """
         if self._n_inp is None:
-            ds = getattr(self.loaders[0], "dataset", None) if self.loaders else None
+            ds: Any = getattr(self.loaders[0], "dataset", None) if self.loaders else None
             n = getattr(ds, "n_inp", None)
             if n is None and hasattr(ds, "__getitem__") and hasattr(ds, "__len__") and len(ds) > 0:
                 item = ds[0]

@@ -8,6 +8,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+from torch import nn
 
 from rnnkit.training.events import (
     ALL_EVENTS, INNER_LOOP, CancelBackwardException, CancelBatchException, CancelEpochException,
@@ -230,8 +231,11 @@ class TrainEvalCallback(Callback):
         device = getattr(learn.dls, "device", None)
         if device is not None:
             learn.model.to(device)
-        if callable(getattr(learn.model, "reset", None)):
-            learn.model.reset()  # no hidden state from before this fit
+            if isinstance(learn.loss_func, nn.Module):
+                learn.loss_func.to(device)  # e.g. class weights
+        reset = getattr(learn.model, "reset", None)
+        if callable(reset):
+            reset()  # no hidden state from before this fit
 
     def before_train(self) -> None:
         self.learn.pct_train = self.learn.epoch / self.learn.n_epoch

@@ -554,8 +554,13 @@ class Learner:
 
     def get_preds(self, ds_idx: int = 1, dl: Any = None, with_input: bool = False,
                   with_decoded: bool = False, with_loss: bool = False, act: Callable | None = None,
-                  cbs: Any = None) -> tuple:
-        """Predictions and targets over a whole split, in dataset order: `(preds, targs[, ...])`."""
+                  inner: bool = False, reorder: bool = True, cbs: Any = None, **kwargs: Any) -> tuple:
+        """Predictions and targets over a whole split, in dataset order: `([inputs,] preds, targs[, decoded]
+        [, losses])`. `kwargs` go to `GatherPredsCallback` (`with_preds`, `with_targs`, `concat_dim`).
+
+        fastai's `inner` and `reorder` are accepted: this loop fires no fit/epoch events around a
+        prediction pass anyway, and predictions always come back in dataset order.
+        """
         from rnnkit.callbacks.preds import GatherPredsCallback
 
         if dl is None:
@@ -565,18 +570,16 @@ class Learner:
             dl.shuffle = False
         if act is None:
             act = getattr(self.loss_func, "activation", noop)
-        gather = GatherPredsCallback(with_input=with_input, with_loss=with_loss)
+        gather = GatherPredsCallback(with_input=with_input, with_loss=with_loss, **kwargs)
         ctx = self.loss_not_reduced() if with_loss else contextlib.nullcontext()
         with ctx:
             self.validate(dl=dl, cbs=[gather] + _listify(cbs))
-        preds = act(gather.preds)
-        res: list[Any] = [preds, gather.targets]
-        if with_decoded:
-            res.append(getattr(self.loss_func, "decodes", noop)(preds))
-        if with_input:
-            res.insert(0, gather.inputs)
-        if with_loss:
-            res.append(gather.losses)
+        res = gather.all_tensors()
+        pred_i = 1 if with_input else 0
+        if res[pred_i] is not None:
+            res[pred_i] = act(res[pred_i])
+            if with_decoded:
+                res.insert(pred_i + 2, getattr(self.loss_func, "decodes", noop)(res[pred_i]))
         return tuple(res)
 
     def to_detach(self, b: Any, cpu: bool = True, gather: bool = True) -> Any:

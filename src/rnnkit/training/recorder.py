@@ -30,6 +30,7 @@ class Recorder(Callback):
     """
 
     order = 50
+    remove_on_fetch = True  # FetchPredsCallback's prediction pass must not overwrite the epoch's values
 
     def __init__(self, add_time: bool = True, train_metrics: bool = False,
                  valid_metrics: bool = True, beta: float = 0.98) -> None:

@@ -111,15 +111,21 @@ def test_empty_params_are_a_clear_error():
         Optimizer([[], []], [sgd_step], lr=0.1)
 
 
-def test_non_tensor_params_are_a_clear_error():
-    with pytest.raises(TypeError, match="Parameter group 0 contains a str"):
+def test_torch_style_dict_groups_are_a_clear_error():
+    # fastai would keep the dicts as parameters and silently never step them
+    with pytest.raises(TypeError, match=r"not torch-style \{'params': \.\.\.\} dicts"):
         Optimizer([{"params": [torch.zeros(1)]}], [sgd_step], lr=0.1)
 
 
-def test_repeated_parameter_is_an_error():
+@pytest.mark.parametrize("impl", ["auto", "per_param"])
+def test_a_repeated_parameter_warns_and_is_stepped_once_per_appearance_as_in_fastai(impl):
     p = torch.zeros(1)
-    with pytest.raises(ValueError, match="more than once"):
-        Optimizer([[p], [p]], [sgd_step], lr=0.1)
+    p.grad = torch.ones(1)
+    with pytest.warns(UserWarning, match="more than once"):
+        opt = SGD([[p], [p]], lr=0.1)
+    opt.impl = impl
+    opt.step()
+    assert p.item() == pytest.approx(-0.2)
 
 
 def test_params_become_param_lists_and_hypers_per_group():
@@ -312,10 +318,13 @@ def test_freeze_needs_more_than_one_group():
     opt = SGD(with_grads(1.0), lr=0.1)
     with pytest.raises(ValueError, match="more than one parameter group, got 1"):
         opt.freeze()
-    with pytest.raises(ValueError, match="out of range"):
-        opt.freeze_to(-3)
     with pytest.warns(UserWarning, match="freezes all 1 parameter groups"):
         opt.freeze_to(1)
+    assert not opt.param_lists[0][0].requires_grad
+    opt.freeze_to(-3)  # fastai: a negative n past the first group freezes nothing
+    assert opt.frozen_idx == -2 and all(p.requires_grad for g in opt.param_lists for p in g)
+    opt.step()
+    assert opt.param_lists[0][0].item() == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize("opt_func", [partial(SGD, mom=0.9), RMSProp, Adam])

@@ -5,8 +5,9 @@ For each call of `step`, looking at the optimizer's chain of steppers `cbs`:
    one fused call per bucket of parameters;
 2. else, if every stepper has a batched twin (`stepper.foreach`, also through a
    `functools.partial`), the twins in order, once per bucket;
-3. else (a user-written stepper such as the seed's `sgd_cb`), every stepper on every
-   parameter as `cb(p, **{**state, **hypers})`: the protocol user steppers are written for.
+3. else (a user-written stepper such as the seed's `sgd_cb`, a parameter that is not a tensor
+   or a tensor given twice), every stepper on every parameter as
+   `cb(p, **{**state, **hypers})`: the protocol user steppers are written for.
 
 A bucket holds the parameters of one group that have a gradient and share device, dtype, the
 same non-tensor state values (`step`, `do_wd`, `force_train` ...) and the same tensor-state
@@ -213,9 +214,15 @@ class _Plan:
         """Sort the parameters into buckets; False if some parameter needs the per-parameter path."""
         state = opt.state
         by_key: dict[Any, _Bucket] = {}
+        seen: set[int] = set()
         for gi, pl in enumerate(opt.param_lists):
             frozen = gi < opt.frozen_idx
             for p in pl:
+                # Objects that are not tensors, and a tensor given twice (stepped once per
+                # appearance), need the per-parameter protocol.
+                if not isinstance(p, Tensor) or id(p) in seen:
+                    return False
+                seen.add(id(p))
                 st = state[p]
                 if frozen and not (opt.train_bn and st.get("force_train", False)):
                     self.frozen.append(p)

@@ -6,6 +6,8 @@ of the way towards them and the fast weights restart from the slow ones.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -16,19 +18,25 @@ from rnnkit.optim.more import RAdam
 __all__ = ["Lookahead", "ranger"]
 
 
+def _as_real(x: Any) -> float | None:
+    """`x` as a float if it is a real number (Python or numpy), else None."""
+    return float(x) if isinstance(x, numbers.Real) else None
+
+
 class Lookahead:
     """Wrap an rnnkit optimizer: every `k` steps, pull the weights back towards slow weights."""
 
     def __init__(self, opt: Any, k: int = 6, alpha: float = 0.5) -> None:
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"Lookahead needs k >= 1 (steps between syncs), got {k!r}.")
-        if not 0 < alpha <= 1:
-            raise ValueError(f"Lookahead needs 0 < alpha <= 1 (how far the slow weights move), "
-                             f"got {alpha!r}.")
+        if _as_real(k) is None or int(k) != k or k < 1:  # fastai divides by k
+            raise ValueError(f"Lookahead needs a whole number k >= 1 (steps between syncs), got {k!r}.")
+        if _as_real(alpha) is None or math.isnan(alpha):  # any other alpha is fastai's rule
+            raise ValueError(f"Lookahead needs a number alpha (how far the slow weights move; "
+                             f"0.5 in the paper), got {alpha!r}.")
         if isinstance(opt, torch.optim.Optimizer):
             raise TypeError("Lookahead wraps an rnnkit optimizer; wrap a torch.optim optimizer "
                             "first: Lookahead(OptimWrapper(None, opt)).")
-        self.opt, self.k, self.alpha = opt, k, alpha
+        self.opt: Any = opt
+        self.k, self.alpha = int(k), float(alpha)
         self.count = 0
         self.slow_weights: list[Tensor] | None = None  # one per parameter, in param_lists order
 
@@ -87,8 +95,12 @@ class Lookahead:
     # The rest is the wrapped optimizer's interface, so Learner and schedulers see no difference.
     @property
     def param_lists(self) -> list[list[Tensor]]:
-        """The parameter groups of the wrapped optimizer."""
+        """The parameter groups of the wrapped optimizer (settable, as in fastai)."""
         return self.opt.param_lists
+
+    @param_lists.setter
+    def param_lists(self, v: list[list[Tensor]]) -> None:
+        self.opt.param_lists = v
 
     @property
     def hypers(self) -> list[dict[str, Any]]:

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from rnnkit.optim.optimizer import Optimizer
-from rnnkit.optim.steppers import (_scratch_like, _scratch_like_all, _sqrt_into, average_grad,
-                                   average_sqr_grad, debias, foreach_of, l2_reg, step_stat,
-                                   stepper, weight_decay)
+from rnnkit.optim.steppers import (_grad, _scratch_like, _scratch_like_all, _sqrt_into,
+                                   average_grad, average_sqr_grad, debias, foreach_of, l2_reg,
+                                   step_stat, stepper, weight_decay)
 
 __all__ = ["radam_step", "qhadam_step", "lamb_step", "larc_layer_lr", "larc_step",
            "RAdam", "QHAdam", "Lamb", "Larc"]
@@ -45,19 +45,19 @@ def _softplus_(t: Tensor, beta: float) -> Tensor:
 
 
 @stepper(beta=0.0)
-def radam_step(p: Tensor, *, lr: float, mom: float, step: int, sqr_mom: float, grad_avg: Tensor,
+def radam_step(p: Tensor, lr: float, mom: float, step: int, sqr_mom: float, grad_avg: Tensor,
                sqr_avg: Tensor, eps: float, beta: float, **_: Any) -> None:
     """RAdam: Adam with the adaptive step rectified, and plain momentum SGD while it cannot be."""
     debias1 = debias(mom, 1 - mom, step)
     rect = _radam_rect(sqr_mom, step)
     if rect is None:
-        p.add_(grad_avg, alpha=-lr / debias1)
+        p.data.add_(grad_avg, alpha=-lr / debias1)
         return
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
     denom = torch.div(sqr_avg, debias2, out=_scratch_like(sqr_avg)).sqrt_().add_(eps)
     if beta:
         _softplus_(denom, beta)
-    p.addcdiv_(grad_avg, denom, value=-lr * rect / debias1)
+    p.data.addcdiv_(grad_avg, denom, value=-lr * rect / debias1)
 
 
 @foreach_of(radam_step)
@@ -83,18 +83,17 @@ def _radam_step_foreach(ps: Tensors, grads: Tensors, *, lr: float, mom: float, s
 
 
 @stepper(nu_1=0.7, nu_2=1.0)
-def qhadam_step(p: Tensor, *, lr: float, mom: float, sqr_mom: float, sqr_avg: Tensor,
+def qhadam_step(p: Tensor, lr: float, mom: float, sqr_mom: float, sqr_avg: Tensor,
                 nu_1: float, nu_2: float, step: int, grad_avg: Tensor, eps: float,
                 **_: Any) -> None:
     """QHAdam: step along a `nu_1` mix of gradient and debiased average, over a `nu_2` mix of squares."""
     debias1 = debias(mom, 1 - mom, step)
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
-    g = p.grad
-    assert g is not None  # Optimizer.step only steps parameters with a gradient
+    g = _grad(p)
     num = torch.mul(g, 1 - nu_1, out=_scratch_like(g, 0)).add_(grad_avg, alpha=nu_1 / debias1)
     den = torch.mul(g, g, out=_scratch_like(g, 1)).mul_(1 - nu_2)
     den.add_(sqr_avg, alpha=nu_2 / debias2).sqrt_().add_(eps)
-    p.addcdiv_(num, den, value=-lr)
+    p.data.addcdiv_(num, den, value=-lr)
 
 
 @foreach_of(qhadam_step)
@@ -123,15 +122,15 @@ def _trust_ratio(p_norm: Tensor, u_norm: Tensor, clip: float = 10.0) -> Tensor:
 
 
 @stepper()
-def lamb_step(p: Tensor, *, lr: float, mom: float, step: int, sqr_mom: float, grad_avg: Tensor,
+def lamb_step(p: Tensor, lr: float, mom: float, step: int, sqr_mom: float, grad_avg: Tensor,
               sqr_avg: Tensor, eps: float, **_: Any) -> None:
     """LAMB: the Adam update scaled by the layer's trust ratio `||p|| / ||update||` (at most 10)."""
     debias1 = debias(mom, 1 - mom, step)
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
     u = torch.div(sqr_avg, debias2, out=_scratch_like(sqr_avg)).sqrt_().add_(eps)
     torch.div(grad_avg, u, out=u).div_(debias1)
-    q = _trust_ratio(p.norm(), u.norm())
-    p.add_(u.mul_(q), alpha=-lr)
+    q = _trust_ratio(p.data.norm(), u.norm())
+    p.data.add_(u.mul_(q), alpha=-lr)
 
 
 @foreach_of(lamb_step)
@@ -150,33 +149,41 @@ def _lamb_step_foreach(ps: Tensors, grads: Tensors, *, lr: float, mom: float, st
     torch._foreach_add_(ps, u, alpha=-lr)
 
 
-@stepper(trust_coeff=0.02, eps=1e-8)
-def larc_layer_lr(p: Tensor, *, lr: float, trust_coeff: float, wd: float, eps: float,
+def _larc_lr(p_norm: Tensor, g_norm: Tensor, lr: float, trust_coeff: float, wd: float, eps: float,
+             clip: bool) -> Tensor:
+    """LARS's layer-wise lr from the norms (new tensors: changed in place), as float64 where the
+    device has it, so that a clipped one is `lr` exactly."""
+    local_lr = p_norm.mul(lr * trust_coeff).div_(g_norm.add_(p_norm, alpha=wd).add_(eps))
+    local_lr = local_lr.to(torch.float32 if local_lr.device.type == "mps" else torch.float64)
+    return local_lr.clamp_(max=lr) if clip else local_lr
+
+
+@stepper(trust_coeff=0.02, wd=0.0, eps=1e-8)
+def larc_layer_lr(p: Tensor, lr: float, trust_coeff: float, wd: float, eps: float,
                   clip: bool = True, **_: Any) -> dict[str, Tensor]:
-    """LARS's layer-wise lr `lr * trust_coeff * ||p|| / (||g|| + wd*||p|| + eps)` (at most `lr` if `clip`)."""
-    assert p.grad is not None
-    p_norm, g_norm = p.norm(), p.grad.norm()
-    local_lr = lr * trust_coeff * p_norm / (g_norm + p_norm * wd + eps)
-    return {"local_lr": local_lr.clamp(max=lr) if clip else local_lr}
+    """LARS's layer-wise lr `lr * trust_coeff * ||p|| / (||g|| + wd*||p|| + eps)` (at most `lr` if `clip`).
+
+    `local_lr` is kept as a 0-dim float64 tensor, never read back with `.item()`: clipped, it
+    equals `lr` exactly, as fastai's `min(lr, local_lr)` does, so `state[p]['local_lr'] == lr`.
+    """
+    return {"local_lr": _larc_lr(p.data.norm(), _grad(p).norm(), lr, trust_coeff, wd, eps, clip)}
 
 
 @foreach_of(larc_layer_lr)
 def _larc_layer_lr_foreach(ps: Tensors, grads: Tensors, *, lr: float, trust_coeff: float,
                            wd: float, eps: float, clip: bool = True, **_: Any) -> dict[str, Tensors]:
-    p_norm = torch.stack(torch._foreach_norm(ps))
-    g_norm = torch.stack(torch._foreach_norm(grads))
-    local_lr = lr * trust_coeff * p_norm / (g_norm + p_norm * wd + eps)
-    if clip:
-        local_lr = local_lr.clamp(max=lr)
-    return {"local_lr": list(local_lr.unbind())}
+    p_norm, g_norm = torch.stack(torch._foreach_norm(ps)), torch.stack(torch._foreach_norm(grads))
+    return {"local_lr": list(_larc_lr(p_norm, g_norm, lr, trust_coeff, wd, eps, clip).unbind())}
 
 
 @stepper()
-def larc_step(p: Tensor, *, local_lr: Tensor, grad_avg: Tensor | None = None, **_: Any) -> None:
-    """Move `p` against its gradient (or `grad_avg`) by its layer-wise `local_lr`."""
-    src = p.grad if grad_avg is None else grad_avg
-    assert src is not None
-    p.addcmul_(src, local_lr, value=-1)
+def larc_step(p: Tensor, local_lr: Tensor | float, grad_avg: Tensor | None = None, **_: Any) -> None:
+    """Move `p` against its gradient (or `grad_avg`) by its layer-wise `local_lr` (a tensor or a number)."""
+    src = _grad(p) if grad_avg is None else grad_avg
+    if isinstance(local_lr, Tensor):
+        p.data.addcmul_(src, local_lr, value=-1)
+    else:
+        p.data.add_(src, alpha=-local_lr)
 
 
 @foreach_of(larc_step)

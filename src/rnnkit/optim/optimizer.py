@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
@@ -33,10 +34,10 @@ def _spread(k: str, v: Any, n: int) -> list[Any]:
             return [hi / 10] * (n - 1) + [hi]
         if n == 1:
             return [hi]
-        if v.step is not None or lo / hi <= 0:
+        if lo * hi < 0:  # fastai's geometric spread would give complex numbers
             raise ValueError(f"set_hyper('{k}', {v!r}): use slice(lo, hi) with lo and hi of the "
                              "same sign (spread geometrically) or slice(None, hi).")
-        ratio = (hi / lo) ** (1 / (n - 1))
+        ratio = (hi / lo) ** (1 / (n - 1))  # as fastai, `v.step` is ignored; hi=0 gives [lo, 0, ...]
         return [lo] + [lo * ratio**i for i in range(1, n - 1)] + [hi]
     if isinstance(v, (Tensor, np.ndarray)):
         v = [v.item()] if np.size(v) == 1 else v.flatten().tolist()
@@ -51,25 +52,43 @@ def _spread(k: str, v: Any, n: int) -> list[Any]:
     return [_to_plain(v)] * n
 
 
-def _as_param_lists(params: Any) -> list[list[Tensor]]:
-    """Parameter groups from an iterable of tensors or an iterable of iterables of tensors."""
+def _is_group(x: Any) -> bool:
+    """Whether `x`, an item of `params`, is a parameter group rather than a parameter."""
+    if isinstance(x, (list, tuple)):
+        return True
+    return not isinstance(x, (Tensor, np.ndarray, str, bytes, dict)) and isinstance(x, Iterable)
+
+
+def _as_param_lists(params: Any) -> list[list[Any]]:
+    """Parameter groups as fastai makes them: one group, or one per item if the first item is a list.
+
+    Parameters are usually tensors, but like fastai's any object is kept (its bookkeeping works;
+    `step` skips what has no `.grad`). A generator or tuple of parameters counts as a group too.
+    """
     items = [params] if isinstance(params, Tensor) else list(params)
     if not items:
         raise ValueError("The optimizer got no parameters; pass model.parameters() or a list of "
                          "parameter groups (lists of tensors).")
-    groups = [items] if isinstance(items[0], Tensor) else [list(g) for g in items]
-    for i, group in enumerate(groups):
-        for p in group:
-            if not isinstance(p, Tensor):
-                raise TypeError(
-                    f"Parameter group {i} contains a {type(p).__name__}, expected tensors; pass an "
-                    "iterable of tensors or a list of lists of tensors (e.g. a splitter's output).")
+    if isinstance(items[0], dict):
+        raise TypeError("Optimizer takes parameters or lists of parameters, not torch-style "
+                        "{'params': ...} dicts; pass [group['params'] for group in groups] and set "
+                        "per-group values with set_hyper, or use OptimWrapper.")
+    groups = [list(g) for g in items] if _is_group(items[0]) else [items]
     if not any(groups):
         raise ValueError(f"The optimizer got {len(groups)} parameter groups but no parameters.")
-    if len({id(p) for g in groups for p in g}) != sum(len(g) for g in groups):
-        raise ValueError("Some parameters appear more than once in the parameter groups; give "
-                         "each parameter to exactly one group.")
+    tensors = [p for g in groups for p in g if isinstance(p, Tensor)]
+    if len({id(p) for p in tensors}) != len(tensors):
+        warnings.warn("Some parameters appear more than once in the parameter groups; as in fastai, "
+                      "each step updates them once per appearance. Give each parameter to one group.",
+                      stacklevel=3)
     return groups
+
+
+def _check_lr(values: list[Any]) -> None:
+    for i, v in enumerate(values):
+        if isinstance(v, float) and math.isnan(v):
+            raise ValueError(f"lr is NaN for parameter group {i}; pass a number (lr=0 leaves the "
+                             "parameters unchanged).")
 
 
 class _BaseOptimizer:
@@ -84,12 +103,13 @@ class _BaseOptimizer:
 
     def all_params(self, n: slice | int = slice(None), with_grad: bool = False
                    ) -> list[tuple[Tensor, list[Tensor], dict[str, Any], dict[str, Any]]]:
-        """`(p, param_list, state, hypers)` for each parameter of the groups selected by `n`."""
+        """`(p, param_list, state, hypers)` for each parameter of the groups selected by `n`
+        (only those with a `.grad` that is not None if `with_grad`)."""
         if isinstance(n, int):
             n = slice(n, n + 1 if n != -1 else None)
         return [(p, pl, self.state[p], hyper)
                 for pl, hyper in zip(self.param_lists[n], self.hypers[n]) for p in pl
-                if not with_grad or p.grad is not None]
+                if not with_grad or getattr(p, "grad", None) is not None]
 
     def set_hypers(self, **kwargs: Any) -> None:
         """Set several hyper-parameters, each as in `set_hyper`."""
@@ -98,7 +118,10 @@ class _BaseOptimizer:
 
     def set_hyper(self, k: str, v: Any) -> None:
         """Set hyper-parameter `k` for all groups: a scalar, one value per group, or a slice to spread."""
-        self._set_hyper(k, _spread(k, v, len(self.param_lists)))
+        values = _spread(k, v, len(self.param_lists))
+        if k == "lr":
+            _check_lr(values)
+        self._set_hyper(k, values)
 
     def _set_hyper(self, k: str, values: list[Any]) -> None:
         raise NotImplementedError
@@ -112,18 +135,18 @@ class _BaseOptimizer:
         return bool(self.train_bn and self.state[p].get("force_train", False))
 
     def freeze_to(self, n: int) -> None:
-        """Freeze the parameter groups before `n` (counted from the end if negative)."""
+        """Freeze the parameter groups before `n` (counted from the end if negative; as in fastai,
+        a negative `n` past the first group freezes nothing)."""
         n_groups = len(self.param_lists)
         idx = n if n >= 0 else n_groups + n
-        if idx < 0:
-            raise ValueError(f"freeze_to({n}) is out of range for {n_groups} parameter groups.")
         if idx >= n_groups:
             warnings.warn(f"freeze_to({n}) freezes all {n_groups} parameter groups; only "
                           "force_train parameters will train.")
         self.frozen_idx = idx
         for i, pl in enumerate(self.param_lists):
             for p in pl:
-                p.requires_grad_(i >= idx or self._trains_when_frozen(p))
+                if isinstance(p, Tensor):  # other objects: bookkeeping only
+                    p.requires_grad_(i >= idx or self._trains_when_frozen(p))
 
     def freeze(self) -> None:
         """Freeze every parameter group but the last."""
@@ -223,7 +246,7 @@ class Optimizer(_BaseOptimizer):
         for i, (pl, hyper) in enumerate(zip(self.param_lists, self.hypers)):
             frozen = i < self.frozen_idx
             for p in pl:
-                if p.grad is None or (frozen and not self._trains_when_frozen(p)):
+                if getattr(p, "grad", None) is None or (frozen and not self._trains_when_frozen(p)):
                     continue
                 state = self.state[p]
                 for cb in self.cbs:
@@ -260,13 +283,13 @@ class Optimizer(_BaseOptimizer):
         self.hypers = [{k: _to_plain(v) for k, v in h.items()} for h in sd["hypers"]]
         self.state = defaultdict(dict)
         for p, s in zip(params, sd["state"]):
-            self.state[p] = {k: _copy_to(v, p.device) for k, v in s.items()}
+            self.state[p] = {k: _copy_to(v, getattr(p, "device", None)) for k, v in s.items()}
 
 
-def _copy_to(v: Any, device: torch.device) -> Any:
-    """A copy of `v` with its tensors on `device`, so a loaded optimizer shares no buffers."""
+def _copy_to(v: Any, device: torch.device | None) -> Any:
+    """A copy of `v` with its tensors on `device` (where they are if None): no shared buffers."""
     if isinstance(v, Tensor):
-        return v.to(device, copy=True)
+        return v.clone() if device is None else v.to(device, copy=True)
     if isinstance(v, dict):
         return {k: _copy_to(x, device) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -360,9 +383,14 @@ class OptimWrapper(_BaseOptimizer):
             _set_torch_hyper(group, torch_key, v)
 
     @property
-    def param_lists(self) -> list[list[Tensor]]:  # type: ignore[override]
-        """The parameters of each group of the wrapped optimizer."""
+    def param_lists(self) -> list[list[Tensor]]:
+        """The parameters of each group of the wrapped optimizer; settable, as in fastai."""
         return [g["params"] for g in self.opt.param_groups]
+
+    @param_lists.setter
+    def param_lists(self, v: Iterable[Iterable[Tensor]]) -> None:
+        for group, params in zip(self.opt.param_groups, v):  # like fastai, one list per group
+            group["params"] = list(params)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:

@@ -1,9 +1,11 @@
 """Optimizer steppers: small functions composed by `Optimizer` into an update rule.
 
-A stepper takes one parameter `p` plus keyword hyper-parameters and per-parameter state,
-changes `p` (or `p.grad`) in place and returns a dict of new state, or None.
-`Optimizer.step` calls every stepper as `cb(p, **{**state, **hypers})` under
-`torch.no_grad()`, so a stepper picks the keys it needs and swallows the rest with `**_`.
+A stepper takes one parameter `p`, then its hyper-parameters and per-parameter state in
+fastai's order (so `weight_decay(p, lr, wd)` works as in fastai, and so do keywords), changes
+`p.data` (or `p.grad.data`) in place and returns a dict of new state, or None. Working on
+`.data` lets a user call a stepper on a parameter that requires grad outside `torch.no_grad()`.
+`Optimizer.step` calls every stepper as `cb(p, **{**state, **hypers})`, so a stepper picks
+the keys it needs and swallows the rest with `**_`.
 
 Each built-in stepper also has a batched twin, `stepper.foreach`, registered with
 `@foreach_of(stepper)`: the same keywords, but it takes a list of parameters and their
@@ -117,10 +119,19 @@ def _zeros_like_all(ts: Tensors) -> Tensors:
     return [torch.zeros_like(t) for t in ts]
 
 
+def _grad(p: Tensor) -> Tensor:
+    """`p.grad.data`: the gradient without autograd history, so in-place changes are never recorded."""
+    g = p.grad
+    if g is None:
+        raise ValueError("This stepper needs the parameter's gradient, but `p.grad` is None; call "
+                         "loss.backward() first (Optimizer.step skips parameters without one).")
+    return g.data
+
+
 @stepper()
-def sgd_step(p: Tensor, *, lr: float, **_: Any) -> None:
+def sgd_step(p: Tensor, lr: float, **_: Any) -> None:
     """Plain SGD: move `p` against its gradient by `lr`."""
-    p.add_(p.grad, alpha=-lr)
+    p.data.add_(_grad(p), alpha=-lr)
 
 
 @foreach_of(sgd_step)
@@ -129,10 +140,10 @@ def _sgd_step_foreach(ps: Tensors, grads: Tensors, *, lr: float, **_: Any) -> No
 
 
 @stepper(wd=0.0)
-def weight_decay(p: Tensor, *, lr: float, wd: float, do_wd: bool = True, **_: Any) -> None:
+def weight_decay(p: Tensor, lr: float, wd: float, do_wd: bool = True, **_: Any) -> None:
     """Decoupled weight decay: shrink `p` by a factor `1 - lr*wd`."""
     if do_wd and wd != 0:
-        p.mul_(1 - lr * wd)
+        p.data.mul_(1 - lr * wd)
 
 
 @foreach_of(weight_decay)
@@ -143,10 +154,10 @@ def _weight_decay_foreach(ps: Tensors, grads: Tensors, *, lr: float, wd: float,
 
 
 @stepper(wd=0.0)
-def l2_reg(p: Tensor, *, lr: float, wd: float, do_wd: bool = True, **_: Any) -> None:
+def l2_reg(p: Tensor, lr: float, wd: float, do_wd: bool = True, **_: Any) -> None:
     """L2 regularisation: add `wd * p` to the gradient."""
     if do_wd and wd != 0:
-        p.grad.add_(p, alpha=wd)
+        _grad(p).add_(p.data, alpha=wd)
 
 
 @foreach_of(l2_reg)
@@ -157,13 +168,14 @@ def _l2_reg_foreach(ps: Tensors, grads: Tensors, *, lr: float, wd: float, do_wd:
 
 
 @stepper(mom=0.9)
-def average_grad(p: Tensor, *, mom: float, dampening: bool = False,
+def average_grad(p: Tensor, mom: float, dampening: bool = False,
                  grad_avg: Tensor | None = None, **_: Any) -> dict[str, Tensor]:
     """Keep a moving average of the gradients in state `grad_avg` (damped by `1-mom` if `dampening`)."""
+    g = _grad(p)
     if grad_avg is None:
-        grad_avg = torch.zeros_like(p.grad)
+        grad_avg = torch.zeros_like(g)
     damp = 1 - mom if dampening else 1.0
-    grad_avg.mul_(mom).add_(p.grad, alpha=damp)
+    grad_avg.mul_(mom).add_(g, alpha=damp)
     return {"grad_avg": grad_avg}
 
 
@@ -178,13 +190,14 @@ def _average_grad_foreach(ps: Tensors, grads: Tensors, *, mom: float, dampening:
 
 
 @stepper(sqr_mom=0.99)
-def average_sqr_grad(p: Tensor, *, sqr_mom: float, dampening: bool = True,
+def average_sqr_grad(p: Tensor, sqr_mom: float, dampening: bool = True,
                      sqr_avg: Tensor | None = None, **_: Any) -> dict[str, Tensor]:
     """Keep a moving average of the squared gradients in state `sqr_avg`."""
+    g = _grad(p)
     if sqr_avg is None:
-        sqr_avg = torch.zeros_like(p.grad)
+        sqr_avg = torch.zeros_like(g)
     damp = 1 - sqr_mom if dampening else 1.0
-    sqr_avg.mul_(sqr_mom).addcmul_(p.grad, p.grad, value=damp)
+    sqr_avg.mul_(sqr_mom).addcmul_(g, g, value=damp)
     return {"sqr_avg": sqr_avg}
 
 
@@ -200,9 +213,9 @@ def _average_sqr_grad_foreach(ps: Tensors, grads: Tensors, *, sqr_mom: float,
 
 
 @stepper()
-def momentum_step(p: Tensor, *, lr: float, grad_avg: Tensor, **_: Any) -> None:
+def momentum_step(p: Tensor, lr: float, grad_avg: Tensor, **_: Any) -> None:
     """SGD with momentum: move `p` against the averaged gradient `grad_avg` by `lr`."""
-    p.add_(grad_avg, alpha=-lr)
+    p.data.add_(grad_avg, alpha=-lr)
 
 
 @foreach_of(momentum_step)
@@ -223,11 +236,11 @@ def _sqrt_into(out: Tensors, src: Tensors) -> Tensors:
 
 
 @stepper(eps=1e-8)
-def rms_prop_step(p: Tensor, *, lr: float, sqr_avg: Tensor, eps: float,
+def rms_prop_step(p: Tensor, lr: float, sqr_avg: Tensor, eps: float,
                   grad_avg: Tensor | None = None, **_: Any) -> None:
     """RMSProp: divide the gradient (or `grad_avg` if present) by `sqrt(sqr_avg) + eps`."""
     denom = torch.sqrt(sqr_avg, out=_scratch_like(sqr_avg)).add_(eps)
-    p.addcdiv_(p.grad if grad_avg is None else grad_avg, denom, value=-lr)
+    p.data.addcdiv_(_grad(p) if grad_avg is None else grad_avg, denom, value=-lr)
 
 
 @foreach_of(rms_prop_step)
@@ -239,7 +252,7 @@ def _rms_prop_step_foreach(ps: Tensors, grads: Tensors, *, lr: float, sqr_avg: T
 
 
 @stepper()
-def step_stat(p: Tensor, *, step: int = 0, **_: Any) -> dict[str, int]:
+def step_stat(p: Tensor, step: int = 0, **_: Any) -> dict[str, int]:
     """Count the steps taken for `p` in state `step` (a Python int, in both forms)."""
     return {"step": step + 1}
 
@@ -255,13 +268,13 @@ def debias(mom: float, damp: float, step: int) -> float:
 
 
 @stepper()
-def adam_step(p: Tensor, *, lr: float, mom: float, step: int, sqr_mom: float,
+def adam_step(p: Tensor, lr: float, mom: float, step: int, sqr_mom: float,
               grad_avg: Tensor, sqr_avg: Tensor, eps: float, **_: Any) -> None:
     """Adam: step along the debiased `grad_avg` over the root of the debiased `sqr_avg` plus `eps`."""
     debias1 = debias(mom, 1 - mom, step)
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
     denom = torch.div(sqr_avg, debias2, out=_scratch_like(sqr_avg)).sqrt_().add_(eps)
-    p.addcdiv_(grad_avg, denom, value=-lr / debias1)
+    p.data.addcdiv_(grad_avg, denom, value=-lr / debias1)
 
 
 @foreach_of(adam_step)

@@ -5,11 +5,19 @@ import copy
 import io
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
-from rnnkit.models.dropout import EmbeddingDropout, RNNDropout, WeightDropout, _as_one_chunk, dropout_mask
+from rnnkit.models.dropout import (EmbeddingDropout, RNNDropout, WeightDropout, _as_one_chunk, _bits16_drop,
+                                   dropout_mask)
+
+PS = [0.04, 0.1, 0.3, 0.5, 0.65, 0.9]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _wd_lstm(n_in: int = 4, n_hid: int = 6, weight_p: float = 0.5, **kw) -> WeightDropout:
@@ -23,6 +31,16 @@ def _plain_lstm_like(wd: WeightDropout) -> nn.LSTM:
     sd = {k.removeprefix("module."): v for k, v in wd.state_dict().items()}
     ref.load_state_dict({k.removesuffix("_raw"): v for k, v in sd.items()})
     return ref
+
+
+def _fastai_scale(p: float, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
+    """What a kept unit of fastai's `x.new_empty(*sz).bernoulli_(1 - p).div_(1 - p)` holds."""
+    return torch.ones(1, dtype=dtype, device=device).bernoulli_(1.0).div_(1 - p)
+
+
+def _keep_bound(p: float, n: int) -> float:
+    """Five standard deviations of a kept fraction over `n` units, plus the 2**-17 rounding of p."""
+    return 5 * (p * (1 - p) / n) ** 0.5 + 2**-17
 
 
 # dropout_mask
@@ -57,10 +75,76 @@ def test_dropout_mask_from_16_bit_draws_drops_at_p_in_every_lane(p):
         assert (m[lane::4] == 0).float().mean().item() == pytest.approx(p, abs=0.005)
 
 
-def test_dropout_mask_scales_by_the_probability_it_really_uses():
-    # 0.3 is not a multiple of 2**-16: the CPU mask drops with 19661/65536 and scales by exactly that.
-    m = dropout_mask(torch.empty(0, dtype=torch.float64), (1000,), 0.3)
-    assert set(m.unique().tolist()) == {0.0, 1 / (1 - 19661 / 65536)}
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", PS)
+def test_dropout_mask_holds_exactly_zero_or_fastais_scale(p, dtype):
+    m = dropout_mask(torch.empty(0, dtype=dtype), (20_000,), p)
+    kept = m != 0
+    assert kept.any() and (~kept).any()
+    assert torch.equal(m[kept], _fastai_scale(p, dtype).expand(int(kept.sum())))
+    assert m[~kept].eq(0).all()
+
+
+@pytest.mark.parametrize("p", PS)
+def test_dropout_mask_scale_is_one_over_one_minus_p_rounded_as_float_division_does(p):
+    # float64: 1/(1 - p); float32: 1 divided by float32(1 - p), one IEEE float32 division (numpy's)
+    m64 = dropout_mask(torch.empty(0, dtype=torch.float64), (1000,), p)
+    m32 = dropout_mask(torch.empty(0, dtype=torch.float32), (1000,), p)
+    assert set(m64.unique().tolist()) == {0.0, 1 / (1 - p)}
+    assert set(m32.unique().tolist()) == {0.0, float(np.float32(1) / np.float32(1 - p))}
+
+
+def test_dropout_mask_float32_scale_is_not_the_float32_nearest_to_the_exact_quotient():
+    # For p = 0.04 fastai's float32 value (1 / float32(0.96)) is one ulp above float32(1/0.96).
+    m = dropout_mask(torch.empty(0), (1000,), 0.04)
+    assert m.max().item() == float(np.float32(1) / np.float32(0.96)) != float(np.float32(1 / 0.96))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.04, 0.1, 0.3, 0.5, 0.65, 0.9, 0.999])
+def test_dropout_mask_keeps_a_fraction_close_to_one_minus_p(p, dtype):
+    n = 400_000
+    kept = (dropout_mask(torch.empty(0, dtype=dtype), (n,), p) != 0).double().mean().item()
+    assert abs(kept - (1 - p)) <= _keep_bound(p, n)
+
+
+@given(st.floats(0.0, 1.0, exclude_min=True, exclude_max=True))
+def test_bits16_threshold_is_used_only_within_a_thousandth_of_p_and_of_one_minus_p(p):
+    drop = _bits16_drop(p)
+    if drop is not None:
+        assert 0 < drop < 65536
+        assert abs(drop / 65536 - p) <= min(2**-17, 1e-3 * p, 1e-3 * (1 - p))
+
+
+def test_bits16_threshold_rounds_p_to_the_nearest_step_and_skips_extreme_p():
+    assert _bits16_drop(0.3) == 19661  # 0.300003
+    assert _bits16_drop(0.5) == 32768
+    # 0.9999 -> 65529/65536 keeps 7/65536 instead of 6.55/65536: 7% more than 1 - p, a biased mean.
+    assert _bits16_drop(0.9999) is None
+    assert _bits16_drop(1e-4) is None  # 7/65536 drops 7% more than p
+
+
+def test_dropout_mask_close_to_one_draws_float64_uniforms():
+    # float32 uniforms step by 2**-24 ~ 6e-8, too coarse a keep probability for 1 - p = 1e-4.
+    p, n = 1 - 1e-4, 200_000
+    torch.manual_seed(5)
+    m = dropout_mask(torch.empty(0), (n,), p)
+    torch.manual_seed(5)
+    keep = torch.rand(n, dtype=torch.float64) >= p
+    assert keep.any() and torch.equal(m != 0, keep)
+    assert m[keep].eq(_fastai_scale(p, torch.float32)).all()
+
+
+def test_dropout_mask_with_p_zero_is_ones():
+    assert torch.equal(dropout_mask(torch.empty(0, dtype=torch.bfloat16), (3, 4), 0.0),
+                       torch.ones(3, 4, dtype=torch.bfloat16))
+
+
+def test_dropout_mask_in_float16_where_one_over_one_minus_p_overflows_is_zero_or_inf():
+    torch.manual_seed(0)
+    m = dropout_mask(torch.empty(0, dtype=torch.float16), (2_000_000,), 1 - 2**-17)  # 1/(1 - p) = 131072
+    assert not m.isnan().any() and m.isinf().any()
+    assert set(m.unique().tolist()) == {0.0, float("inf")}
 
 
 def test_dropout_mask_with_a_tiny_p_draws_floats_instead_of_rounding():
@@ -89,6 +173,23 @@ def test_dropout_mask_with_p_one_drops_everything():
     assert dropout_mask(torch.ones(1), (4,), 1.0).eq(0).all()
 
 
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", PS)
+def test_dropout_mask_on_cuda_holds_exactly_zero_or_fastais_scale(p, dtype):
+    m = dropout_mask(torch.empty(0, dtype=dtype, device="cuda"), (400_000,), p)
+    kept = m != 0
+    assert torch.equal(m[kept], _fastai_scale(p, dtype, "cuda").expand(int(kept.sum())))
+    assert abs(kept.double().mean().item() - (1 - p)) <= _keep_bound(p, 400_000)
+
+
+@needs_cuda
+def test_dropout_mask_on_cuda_in_float16_where_one_over_one_minus_p_overflows_is_zero_or_inf():
+    # CUDA divides by multiplying with the reciprocal: 0 * inf would be nan where units are dropped.
+    m = dropout_mask(torch.empty(0, dtype=torch.float16, device="cuda"), (2_000_000,), 1 - 2**-17)
+    assert not m.isnan().any() and m.isinf().any()
+
+
 # RNNDropout
 
 
@@ -97,6 +198,17 @@ def test_rnn_dropout_shares_one_mask_over_time():
     y = dp(torch.ones(8, 10, 5))
     assert torch.equal(y, y[:, :1].expand_as(y))  # the same for every time step
     assert (y == 0).any() and (y == 2).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", PS)
+def test_rnn_dropout_scales_kept_activations_exactly_as_fastai(p, dtype):
+    x = torch.rand(256, 3, 40, dtype=dtype) + 0.5  # no zeros: a zero output means a dropped unit
+    y = RNNDropout(p)(x)
+    kept = y != 0
+    assert torch.equal(kept, kept[:, :1].expand_as(kept))
+    assert torch.equal(y[kept], x[kept] * _fastai_scale(p, dtype))  # fastai: x * mask
+    assert abs(kept.double().mean().item() - (1 - p)) <= _keep_bound(p, 256 * 40)
 
 
 def test_rnn_dropout_keeps_expectation():
@@ -131,6 +243,28 @@ def test_embedding_dropout_zeroes_whole_words_and_rescales():
     assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # a word is dropped everywhere or nowhere
     torch.testing.assert_close(out[~dropped], ref[~dropped] * 2)
     assert out[dropped].eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", PS)
+def test_embedding_dropout_scales_kept_rows_exactly_as_fastai(p, dtype):
+    emb = nn.Embedding(4000, 6, dtype=dtype)
+    with torch.no_grad():
+        emb.weight.uniform_(0.5, 1.5)  # no zeros
+    words = torch.arange(4000)[None]
+    out = EmbeddingDropout(emb, p)(words, scale=3.0)
+    kept = out.ne(0).all(-1)
+    assert torch.equal(kept, out.ne(0).any(-1))  # whole rows
+    w = emb.weight.detach()
+    # fastai: F.embedding(words, (emb.weight * mask).mul_(scale))
+    assert torch.equal(out[kept], (w[None] * _fastai_scale(p, dtype) * 3.0)[kept])
+    assert abs(kept.double().mean().item() - (1 - p)) <= _keep_bound(p, 4000)
+
+
+def test_embedding_dropout_with_p_zero_is_the_embedding():
+    emb = nn.Embedding(10, 4)
+    words = torch.randint(0, 10, (2, 5))
+    assert torch.equal(EmbeddingDropout(emb, 0.0)(words), emb(words))
 
 
 def test_embedding_dropout_takes_a_flat_batch_of_words():
@@ -189,6 +323,47 @@ def test_weight_dropout_shows_the_last_used_weight_on_the_module_as_fastai_does(
     wd.eval()
     wd(torch.randn(10, 20, 5))
     torch.testing.assert_close(wd.module.weight_hh_l0, before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", PS)
+def test_weight_dropout_scales_kept_weights_exactly_as_fastai(p, dtype):
+    wd = WeightDropout(nn.Linear(100, 100, dtype=dtype), p, "weight")
+    with torch.no_grad():
+        wd.weight_raw.uniform_(0.5, 1.5)  # no zeros
+    x = torch.randn(2, 100, dtype=dtype)
+    out = wd(x)
+    used = wd.module.weight
+    kept = used != 0
+    raw = wd.weight_raw.detach()
+    assert torch.equal(used[kept], raw[kept] * _fastai_scale(p, dtype))  # fastai: raw * mask
+    assert torch.equal(out, nn.functional.linear(x, used, wd.module.bias))
+    assert abs(kept.double().mean().item() - (1 - p)) <= _keep_bound(p, 100 * 100)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.65])
+def test_weight_dropout_of_an_lstm_scales_kept_weights_exactly_as_fastai(p):
+    wd = _wd_lstm(n_hid=50, weight_p=p)
+    wd(torch.randn(2, 3, 4))
+    used, raw = wd.module.weight_hh_l0, wd.weight_hh_l0_raw.detach()
+    kept = used != 0
+    assert torch.equal(used[kept], raw[kept] * _fastai_scale(p, torch.float32))
+
+
+def test_weight_dropout_with_p_zero_uses_the_raw_weight():
+    wd = WeightDropout(nn.Linear(4, 4), 0.0, "weight")
+    x = torch.randn(3, 4)
+    assert torch.equal(wd(x), nn.functional.linear(x, wd.weight_raw, wd.module.bias))
+
+
+def test_weight_dropout_reset_shows_the_raw_weight_again_as_fastai_does():
+    wd = _wd_lstm(weight_p=0.5)
+    wd(torch.randn(2, 3, 4))
+    raw = wd.weight_hh_l0_raw.detach()
+    assert not torch.equal(wd.module.weight_hh_l0, raw)  # dropped and scaled
+    wd.reset()
+    assert torch.equal(wd.module.weight_hh_l0, raw)
+    assert not isinstance(wd.module.weight_hh_l0, nn.Parameter)
 
 
 def test_weight_dropout_rejects_unknown_layer_names():

@@ -24,13 +24,42 @@ def _check_p(p: float, name: str) -> float:
     return float(p)
 
 
-# Probabilities are drawn as 16-bit integers on the CPU when 2**-16 steps represent `p` this closely.
+# The CPU draws 16-bit integers when the keep probability they give is within this fraction of both
+# `p` and `1 - p` (an error in `1 - p` biases the mask's mean: kept units are scaled by exactly 1/(1 - p)).
 _BITS16_REL_TOL = 1e-3
+# Below this keep probability, float32 uniforms (steps of 2**-24) would miss 1 - p by more than 0.1%.
+_FLOAT64_BELOW = 2**-13
 
 
-def _mask_bits16(sz: Sequence[int], drop: int, scale: float, dtype: torch.dtype,
-                 device: torch.device) -> Tensor:
-    """`scale` where a 16-bit random integer is not among the lowest `drop` of 65536, else 0.
+def _bits16_drop(p: float) -> int | None:
+    """How many of the 65536 16-bit values to drop for `p`, or None if no multiple of 2**-16 is close enough."""
+    drop = round(p * 65536)  # within 2**-17 of p
+    if 0 < drop < 65536 and abs(drop / 65536 - p) <= _BITS16_REL_TOL * min(p, 1.0 - p):
+        return drop
+    return None
+
+
+def _scale_keep(keep: Tensor, p: float) -> Tensor:
+    """`keep` (0s and 1s in the mask's dtype) with the 1s made 1/(1 - p), in place, by fastai's very
+    operation (`div_(1 - p)`), so the value matches it to the last bit in every dtype: float32 divides by
+    float32(1 - p), which for p = 0.04 is one ulp away from the float32 nearest to 1/(1 - p).
+
+    Multiplying by a scale computed once (as this did before, with the scale of the rounded p) is only a
+    little faster on 2 threads (benchmarks/bench_dropout.py): 50-110 us of a 4608x1152 weight mask's 20 ms
+    (float32) or 5.5 ms (bfloat16), 25 us of 0.6 ms for 1600x400, 3-4 us of 30-70 us for an embedding or
+    RNNDropout mask; about 0.2 ms per fastai-size AWD-LSTM step. Not worth a cached copy of the value,
+    whose `.item()` would also break torch.compile graphs.
+    """
+    if keep.dtype != torch.float16 or 1.0 - p > 2**-15:
+        return keep.div_(1 - p)
+    # 1/(1 - p) is near or past float16's largest value, 65504 (other dtypes reach further than a float
+    # 1 - p can come close to 0): accelerators divide by multiplying with the reciprocal, and 0 * inf
+    # would be nan where units are dropped.
+    return keep.masked_fill_(keep != 0, keep.new_ones(()).div_(1 - p))
+
+
+def _mask_bits16(sz: Sequence[int], drop: int, p: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """1/(1 - p) where a 16-bit random integer is not among the lowest `drop` of 65536, else 0.
 
     PyTorch's CPU generator fills tensors one number at a time on one core, and that dominated the cost
     of weight dropout (tens of ms per step for an AWD-LSTM's 11M hidden-to-hidden weights). One 64-bit
@@ -42,25 +71,30 @@ def _mask_bits16(sz: Sequence[int], drop: int, scale: float, dtype: torch.dtype,
     mask = torch.empty(sz, dtype=dtype, device=device)
     # Each int16 is one of 65536 equally likely values in [-32768, 32767]; the lowest `drop` are dropped.
     torch.ge(bits.view(torch.int16)[:n].view(mask.shape), drop - 32768, out=mask)
-    return mask.mul_(scale)
+    return _scale_keep(mask, p)
 
 
 def dropout_mask(x: Tensor, sz: Sequence[int], p: float) -> Tensor:
     """A Bernoulli(1 - p) mask of shape `sz`, scaled by 1/(1 - p), with the dtype and device of `x`.
 
-    On the CPU, `p` is rounded to a multiple of 2**-16 (e.g. 0.2 -> 0.200005) when that is within 0.1%
-    of it, and the kept values are scaled by the rounded probability, so the mask's mean is exactly 1
-    in expectation.
+    The mask holds exactly 0 or fastai's 1/(1 - p) (`x.new_empty(sz).bernoulli_(1 - p).div_(1 - p)`, to the
+    last bit in every dtype), so `x * mask` keeps what fastai keeps. Only the keep PROBABILITY is rounded:
+    on the CPU, `p` becomes the nearest multiple of 2**-16 (0.3 -> 19661/65536 = 0.300003) when that is
+    within 0.1% of both `p` and `1 - p`, so units are kept with a probability within 2**-17 of 1 - p and
+    the mask's mean is within 0.1% of 1 in expectation; otherwise (and on accelerators) `p` is compared
+    with uniform float32s, in steps of 2**-24 (float64s, steps of 2**-53, when 1 - p < 2**-13).
     """
-    if p >= 1.0:  # everything dropped: avoid dividing by zero
+    if p >= 1.0:  # everything dropped, as in F.dropout (fastai's mask would be 0/0 = nan)
         return x.new_zeros(sz)
-    drop = round(p * 65536)
-    if x.device.type == "cpu" and 0 < drop < 65536 and abs(drop / 65536 - p) <= _BITS16_REL_TOL * p:
-        return _mask_bits16(sz, drop, 65536 / (65536 - drop), x.dtype, x.device)
-    # `rand >= p` is Bernoulli(1 - p), faster than `bernoulli_(1 - p)`; float32 so that low-precision
-    # dtypes do not bias the keep probability. Accelerators' generators are parallel: no need for bits.
-    keep = torch.rand(sz, device=x.device, dtype=torch.float32) >= p
-    return keep.to(x.dtype).mul_(1 / (1 - p))
+    drop = _bits16_drop(p) if x.device.type == "cpu" else None
+    if drop is not None:
+        return _mask_bits16(sz, drop, p, x.dtype, x.device)
+    # `rand >= p` is Bernoulli(1 - p), faster than `bernoulli_(1 - p)`; float32 at least so that
+    # low-precision dtypes do not bias the keep probability. Accelerators' generators are parallel: no
+    # need for bits.
+    u_dtype = torch.float64 if 1.0 - p < _FLOAT64_BELOW else torch.float32
+    keep = torch.rand(sz, device=x.device, dtype=u_dtype) >= p
+    return _scale_keep(keep.to(x.dtype), p)
 
 
 class RNNDropout(nn.Module):
@@ -206,7 +240,10 @@ class WeightDropout(nn.Module):
         return flat if layout is None else _as_one_chunk(flat, *layout)
 
     def reset(self) -> None:
-        """Reset the wrapped module if it has state (masks are drawn afresh every forward anyway)."""
+        """Show the raw weights on the module again, as fastai does, and reset the module if it has state
+        (masks are drawn afresh every forward anyway)."""
+        for name in self.layer_names:
+            setattr(self.module, name, getattr(self, f"{name}_raw").detach())  # unscaled, nothing dropped
         reset = getattr(self.module, "reset", None)
         if callable(reset):
             reset()

@@ -5,7 +5,10 @@ The variants alternate within one process; figures are medians over repetitions.
 
 Workload (issue 2): a 2-layer LSTM language model of 64 units on Human Numbers, bs=64,
 sl=16; one epoch = 49 training batches (forward, loss, backward, step) plus 12
-validation batches (loss and accuracy).
+validation batches (loss and accuracy). `--model 7` uses the chapter's LMModel7 (dropout 0.4,
+tied weights, `(logits, raw, dropped)` outputs split by RNNCallback) instead of LMModel6.
+The last variant adds a callback that overrides `__call__` (fastai's VerboseCallback pattern,
+doing nothing): it receives every event, so it shows what such a callback costs.
 """
 from __future__ import annotations
 
@@ -20,14 +23,26 @@ import torch.nn.functional as F
 
 os.environ.setdefault("RNNKIT_NO_PROGRESS", "1")
 
-from rnnkit.callbacks.rnn import ModelResetter  # noqa: E402
+from rnnkit.callbacks.rnn import ModelResetter, RNNCallback  # noqa: E402
 from rnnkit.data.human_numbers import human_numbers_lm_dls  # noqa: E402
 from rnnkit.losses import CrossEntropyLossFlat  # noqa: E402
 from rnnkit.metrics import accuracy  # noqa: E402
-from rnnkit.models.book import LMModel6  # noqa: E402
+from rnnkit.models.book import LMModel6, LMModel7  # noqa: E402
 from rnnkit.optim.optimizer import OptimWrapper  # noqa: E402
 from rnnkit.optim.recipes import Adam  # noqa: E402
+from rnnkit.training.callback import Callback  # noqa: E402
 from rnnkit.training.learner import Learner  # noqa: E402
+
+
+class CallEveryEvent(Callback):
+    """Overrides `__call__`, as a fastai user's logging callback does; does nothing else."""
+
+    def __call__(self, event_name):
+        return super().__call__(event_name)
+
+
+def _logits(out):
+    return out[0] if isinstance(out, tuple) else out
 
 
 def plain_epoch(model, dls, opt, vocab_sz):
@@ -35,7 +50,7 @@ def plain_epoch(model, dls, opt, vocab_sz):
     model.train()
     model.reset()
     for xb, yb in dls.train:
-        loss = F.cross_entropy(model(xb).view(-1, vocab_sz), yb.view(-1))
+        loss = F.cross_entropy(_logits(model(xb)).view(-1, vocab_sz), yb.view(-1))
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -44,7 +59,7 @@ def plain_epoch(model, dls, opt, vocab_sz):
     tot_loss, tot_acc, n = 0.0, 0.0, 0
     with torch.no_grad():
         for xb, yb in dls.valid:
-            out = model(xb)
+            out = _logits(model(xb))
             bs = yb.shape[0]
             tot_loss += F.cross_entropy(out.view(-1, vocab_sz), yb.view(-1)) * bs
             tot_acc += (out.argmax(-1) == yb).float().mean() * bs
@@ -61,31 +76,35 @@ def time_it(f, reps):
     return ts
 
 
-def bench_learner(reps: int) -> None:
+def bench_learner(reps: int, model_no: int = 6) -> None:
     dls, vocab = human_numbers_lm_dls(bs=64, sl=16)
     n_batches = len(dls.train) + len(dls.valid)
     v = len(vocab)
 
     def fresh_model():
         torch.manual_seed(0)
-        return LMModel6(v, 64, 2)
+        return LMModel7(v, 64, 2, 0.4) if model_no == 7 else LMModel6(v, 64, 2)
+
+    def cbs(*extra):
+        return ([ModelResetter(), RNNCallback()] if model_no == 7 else [ModelResetter()]) + list(extra)
 
     # Each variant keeps its own model and optimizer; epochs alternate between variants.
     m_plain = fresh_model()
     opt_plain = torch.optim.AdamW(m_plain.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-5,
                                   weight_decay=0.01, foreach=True)
     learn_wrap = Learner(dls, fresh_model(), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
-                         cbs=ModelResetter(),
-                         opt_func=partial(OptimWrapper, opt=torch.optim.AdamW, foreach=True))
-    learn_adam = Learner(dls, fresh_model(), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
-                         cbs=ModelResetter())
+                         cbs=cbs(), opt_func=partial(OptimWrapper, opt=torch.optim.AdamW, foreach=True))
+    learn_adam = Learner(dls, fresh_model(), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=cbs())
+    learn_call = Learner(dls, fresh_model(), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
+                         cbs=cbs(CallEveryEvent()))
     variants = {
         "plain loop (torch AdamW foreach)": lambda: plain_epoch(m_plain, dls, opt_plain, v),
         "Learner.fit, OptimWrapper(AdamW foreach)": lambda: learn_wrap.fit(1),
         "Learner.fit_one_cycle, OptimWrapper(AdamW)": lambda: learn_wrap.fit_one_cycle(1),
         "Learner.fit, rnnkit Adam": lambda: learn_adam.fit(1),
+        "Learner.fit, rnnkit Adam, + __call__ callback": lambda: learn_call.fit(1),
     }
-    for learn in (learn_wrap, learn_adam):
+    for learn in (learn_wrap, learn_adam, learn_call):
         learn.logger = lambda row: None  # the per-epoch rows would interleave with the report
     for f in variants.values():  # warm-up
         f()
@@ -94,7 +113,7 @@ def bench_learner(reps: int) -> None:
         for k, f in variants.items():
             times[k] += time_it(f, 1)
     base = statistics.median(times["plain loop (torch AdamW foreach)"])
-    print(f"\nLearner vs plain loop: LMModel6(2 layers, 64), bs=64, sl=16, {n_batches} batches/epoch, "
+    print(f"\nLearner vs plain loop: LMModel{model_no}(2 layers, 64), bs=64, sl=16, {n_batches} batches/epoch, "
           f"median of {reps}")
     print(f"{'variant':48s} {'ms/batch':>9s} {'vs plain':>9s}")
     for k, ts in times.items():
@@ -136,8 +155,11 @@ def bench_adam(reps: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--model", type=int, choices=(6, 7), default=6, help="the chapter's LMModel6 or LMModel7")
+    ap.add_argument("--no-adam", action="store_true", help="skip the optimizer-step comparison")
     args = ap.parse_args()
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    bench_learner(args.reps)
-    bench_adam(args.reps)
+    bench_learner(args.reps, args.model)
+    if not args.no_adam:
+        bench_adam(args.reps)

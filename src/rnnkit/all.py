@@ -5,11 +5,16 @@ Re-exports only: no logic lives here, and nothing inside the package imports thi
 # ruff: noqa: F401, F403
 from functools import partial
 
+# fastcore's names come first, as in fastai (`store_attr`, `patch`, `delegates`, `Self`, `test_eq` ...,
+# which fastai users' callbacks and tests use); rnnkit's own names below take precedence.
+from fastcore.all import *
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.data import Dataset, TensorDataset
 
 from rnnkit.callbacks import *
 from rnnkit.data import *
@@ -25,3 +30,4 @@ from rnnkit.utils import *
 from rnnkit.models import *
 from rnnkit.text.learner import LMLearner, TextLearner, awd_lstm_lm_split, language_model_learner
 from rnnkit.export import ExportError, export_learner, load_learner
+from rnnkit.test_utils import RegModel, VerboseCallback, synth_dbunch, synth_learner

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rnnkit.data.core import DataLoader, DataLoaders
+from rnnkit.data.core import DataLoader, DataLoaders, TfmdDL
 from rnnkit.data.external import URLs, untar_data
 from rnnkit.data.lm_loader import LMDataLoader
 from rnnkit.data.stream import TokenStream
@@ -16,7 +16,7 @@ from rnnkit.data.vocab import Vocab
 from rnnkit.data.corpora import Corpus, read_corpus
 from rnnkit.data.text import TextDataLoaders
 
-__all__ = ["DataLoader", "DataLoaders", "URLs", "untar_data"]
+__all__ = ["DataLoader", "DataLoaders", "TfmdDL", "URLs", "untar_data"]
 __all__ += ["LMDataLoader", "TokenStream"]
 __all__ += [
     "UNK", "PAD", "BOS", "EOS", "FLD", "TK_REP", "TK_WREP", "TK_UP", "TK_MAJ", "SPECIAL_TOKENS",

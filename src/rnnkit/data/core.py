@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 
 from rnnkit.utils import L, default_device, to_device
 
-__all__ = ["DataLoader", "DataLoaders"]
+__all__ = ["DataLoader", "DataLoaders", "TfmdDL"]
 
 # Python number types we stack ourselves, with the dtype `default_collate` gives them.
 _NUMBER_DTYPES: dict[type, torch.dtype] = {bool: torch.bool, int: torch.int64, float: torch.float64}
@@ -269,6 +269,9 @@ def _per_dataset(name: str, value: Any, n: int) -> tuple[Any, ...]:
             )
         return tuple(value)
     return (value,) * n
+
+
+TfmdDL = DataLoader  # fastai's name for its loader: `TfmdDL(TensorDataset(x, y), bs=16)` runs unchanged
 
 
 class DataLoaders:

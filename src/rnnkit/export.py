@@ -467,7 +467,7 @@ def _build_learner(path: Path, config: dict[str, Any], tensors: dict[str, torch.
         warnings.warn(f"{path}: the metrics {unknown} are not rebuilt (rnnkit rebuilds {', '.join(_METRICS)}); "
                       "set learn.metrics = [...] to add them back.", UserWarning, stacklevel=3)
     spec = config["learner"]
-    cls = next(c for c in _LEARNERS if c.__name__ == spec["class"])
+    cls = {c.__name__: c for c in _LEARNERS}[spec["class"]]  # KeyError (reported above) for an unknown class
     kwargs: dict[str, Any] = dict(
         loss_func=loss_func, metrics=[_METRICS[m]() for m in config["metrics"] if m in _METRICS],
         path=path.parent, model_dir=spec["model_dir"], wd=spec["wd"], wd_bn_bias=spec["wd_bn_bias"],

@@ -30,4 +30,4 @@ from rnnkit.utils import *
 from rnnkit.models import *
 from rnnkit.text.learner import LMLearner, TextLearner, awd_lstm_lm_split, language_model_learner
 from rnnkit.export import ExportError, export_learner, load_learner
-from rnnkit.test_utils import RegModel, VerboseCallback, synth_dbunch, synth_learner
+from rnnkit.test_utils import RegModel, VerboseCallback, equals, synth_dbunch, synth_learner, test_eq, test_ne

@@ -1,6 +1,8 @@
 """fastai's test helpers (`fastai.test_utils`), so fastai-style tests and notebooks run unchanged:
 `RegModel`, `synth_dbunch`, `synth_learner` (a linear regression learned with SGD) and
-`VerboseCallback` (prints each event)."""
+`VerboseCallback` (prints each event); and fastcore's `equals`/`test_eq`/`test_ne` made to compare
+tensors as fastai does (fastai patches `Tensor.__array_eq__` for that; rnnkit patches nothing, so
+these versions, which `rnnkit.all` exports over fastcore's, compare tensors themselves)."""
 from __future__ import annotations
 
 from functools import partial
@@ -10,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from fastcore import test as _fc_test
+
 from rnnkit.data.core import DataLoader, DataLoaders
 from rnnkit.losses import MSELossFlat
 from rnnkit.optim.recipes import SGD
@@ -17,7 +21,7 @@ from rnnkit.training.callback import Callback
 from rnnkit.training.learner import Learner
 from rnnkit.utils import default_device
 
-__all__ = ["RegModel", "synth_dbunch", "synth_learner", "VerboseCallback"]
+__all__ = ["RegModel", "synth_dbunch", "synth_learner", "VerboseCallback", "equals", "test_eq", "test_ne"]
 
 
 class RegModel(nn.Module):
@@ -60,3 +64,41 @@ class VerboseCallback(Callback):
     def __call__(self, event_name: str) -> Any:
         print(event_name)
         return super().__call__(event_name)
+
+
+def _detached(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(_detached(o) for o in x)
+    if isinstance(x, dict):
+        return {k: _detached(v) for k, v in x.items()}
+    return x
+
+
+def equals(a: Any, b: Any) -> bool:
+    """fastcore's `equals`, with tensors compared as fastai compares them (`torch.equal`, or `==` for a
+    0-d tensor), parameters that require grad included."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        a, b = a.detach(), b.detach()
+        return bool(a == b) if a.dim() == 0 and b.dim() == 0 else torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(equals(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(equals(a[k], b[k]) for k in a)
+    return bool(_fc_test.equals(_detached(a), _detached(b)))
+
+
+def nequals(a: Any, b: Any) -> bool:
+    """Not `equals`."""
+    return not equals(a, b)
+
+
+def test_eq(a: Any, b: Any) -> None:
+    """`assert a == b`, as fastcore's `test_eq`, comparing tensors as fastai does."""
+    _fc_test.test(a, b, equals, "==")
+
+
+def test_ne(a: Any, b: Any) -> None:
+    """`assert a != b`, as fastcore's `test_ne`, comparing tensors as fastai does."""
+    _fc_test.test(a, b, nequals, "!=")

@@ -1,5 +1,6 @@
 """fastai 2.8 parity of the optimizer (issue 14): steppers called positionally and outside
-`torch.no_grad()`, `Optimizer` over any list, settable `param_lists`, LARC's `local_lr`, `lr=0`.
+`torch.no_grad()`, `Optimizer` over any list, settable `param_lists`, LARC's `local_lr`, `lr=0`,
+torch-style dict groups in `OptimWrapper`, `detuplify_pg`, `set_item_pg` and `pytorch_hp_map`.
 
 Expected values are worked out by hand on one-element tensors, as fastai's optimizer notebook does.
 """
@@ -18,7 +19,8 @@ from hypothesis import strategies as st
 from rnnkit.optim.lookahead import Lookahead, ranger
 from rnnkit.optim.more import (Lamb, Larc, QHAdam, RAdam, lamb_step, larc_layer_lr, larc_step,
                                qhadam_step, radam_step)
-from rnnkit.optim.optimizer import OptimWrapper, Optimizer
+from rnnkit.optim.optimizer import (OptimWrapper, Optimizer, detuplify_pg, pytorch_hp_map,
+                                      set_item_pg)
 from rnnkit.optim.recipes import SGD, Adam, RMSProp
 from rnnkit.optim.steppers import (adam_step, average_grad, average_sqr_grad, debias, l2_reg,
                                    momentum_step, rms_prop_step, sgd_step, step_stat, weight_decay)
@@ -507,3 +509,97 @@ def test_lookahead_takes_any_alpha_fastai_takes():
         Lookahead(SGD([p], lr=0.1), alpha=float("nan"))
     with pytest.raises(ValueError, match="whole number k >= 1"):
         Lookahead(SGD([p], lr=0.1), k=0)
+
+
+# ---- 4. OptimWrapper takes torch-style dict groups; detuplify_pg, set_item_pg, pytorch_hp_map ----
+
+def test_optim_wrapper_passes_dict_groups_to_torch_with_per_group_lrs():
+    w1, w2 = tst_param(1.0, 1.0), tst_param(1.0, 1.0)
+    g1, g2 = {"params": [w1]}, {"params": [w2], "lr": 0.1}
+    opt = OptimWrapper([g1, g2], opt=torch.optim.SGD, lr=0.01)
+    assert opt.opt.param_groups[0] is g1 and opt.opt.param_groups[1] is g2  # unchanged, as fastai
+    assert [h["lr"] for h in opt.hypers] == [0.01, 0.1] and opt.param_lists == [[w1], [w2]]
+    opt.step()
+    assert (w1.item(), w2.item()) == (pytest.approx(0.99), pytest.approx(0.9))  # 1 - lr * grad 1
+    v1, v2 = tst_param(1.0, 1.0), tst_param(1.0, 1.0)  # the same with torch alone
+    torch.optim.SGD([{"params": [v1]}, {"params": [v2], "lr": 0.1}], lr=0.01).step()
+    assert (w1.item(), w2.item()) == (v1.item(), v2.item())
+
+
+def test_optim_wrapper_converts_lists_next_to_dict_groups_as_fastai():
+    w1, w2 = tst_param(1.0, 1.0), tst_param(1.0, 1.0)
+    opt = OptimWrapper([[w1], {"params": [w2], "lr": 0.1}], torch.optim.SGD, lr=0.01)
+    assert opt.param_lists == [[w1], [w2]] and [h["lr"] for h in opt.hypers] == [0.01, 0.1]
+    opt.set_hyper("lr", slice(0.2, 0.4))  # set_hyper still reaches every group
+    assert [h["lr"] for h in opt.hypers] == pytest.approx([0.2, 0.4])
+    single = OptimWrapper({"params": [w1], "lr": 0.3}, torch.optim.SGD)  # one dict: one group
+    assert single.param_lists == [[w1]] and single.hypers[0]["lr"] == 0.3
+
+
+def test_optim_wrapper_rnnkit_kwargs_are_defaults_for_dict_groups_as_torch_kwargs():
+    w1, w2 = tst_param(1.0, 1.0), tst_param(1.0, 1.0)
+    # mom is betas[0] for Adam: set after construction, but like torch's kwargs it must leave alone
+    # the group that gives its own betas
+    opt = OptimWrapper([{"params": [w1], "betas": (0.5, 0.6)}, {"params": [w2]}], torch.optim.Adam,
+                       lr=0.01, mom=0.8)
+    assert [(h["mom"], h["sqr_mom"]) for h in opt.hypers] == [(0.5, 0.6), (0.8, 0.999)]
+    opt = OptimWrapper([{"params": [w1], "betas": (0.5, 0.6)}, {"params": [w2]}], torch.optim.Adam,
+                       lr=0.01, mom=[0.7, 0.8])  # one value per group sets every group
+    assert [h["mom"] for h in opt.hypers] == [0.7, 0.8]
+
+
+def test_optim_wrapper_explains_malformed_dict_groups():
+    w = tst_param(1.0)
+    with pytest.raises(ValueError, match="group 1 is a dict without a 'params' key"):
+        OptimWrapper([{"params": [w]}, {"lr": 0.1}], torch.optim.SGD, lr=0.01)
+    with pytest.raises(TypeError, match="Item 0 of params is a Tensor, next to torch-style dict"):
+        OptimWrapper([w, {"params": [tst_param(2.0)]}], torch.optim.SGD, lr=0.01)
+
+
+def test_plain_optimizer_still_refuses_dict_groups_and_points_to_optim_wrapper():
+    with pytest.raises(TypeError, match="use OptimWrapper"):
+        SGD([{"params": [tst_param(1.0)]}], lr=0.1)
+
+
+def test_detuplify_pg_splits_tuples_and_lists_and_drops_params():
+    assert detuplify_pg({"lr": 1e-2, "mom": 0.9, "params": [0, 1, 2]}) == {"lr": 1e-2, "mom": 0.9}
+    assert detuplify_pg({"lr": 1e-2, "betas": (0.9, 0.999), "params": [0]}) == {
+        "lr": 1e-2, "betas__0": 0.9, "betas__1": 0.999}
+    assert detuplify_pg({"nus": [0.7, 1.0]}) == {"nus__0": 0.7, "nus__1": 1.0}
+
+
+def test_set_item_pg_sets_a_key_or_one_item_of_a_tuple_in_place():
+    pg = {"lr": 1e-2, "mom": 0.9, "params": [0, 1, 2]}
+    assert set_item_pg(pg, "lr", 1e-3) is pg and pg == {"lr": 1e-3, "mom": 0.9, "params": [0, 1, 2]}
+    pg = {"lr": 1e-2, "betas": (0.9, 0.999), "params": [0, 1, 2]}
+    set_item_pg(pg, "betas__0", 0.95)
+    assert pg == {"lr": 1e-2, "betas": (0.95, 0.999), "params": [0, 1, 2]}
+    set_item_pg(pg, "betas__1", 0.99)
+    assert pg["betas"] == (0.95, 0.99)
+    for k in detuplify_pg(pg):  # the inverse of detuplify_pg, key by key
+        assert detuplify_pg(set_item_pg(dict(pg), k, 0.5)) == {**detuplify_pg(pg), k: 0.5}
+    with pytest.raises(ValueError, match="item 2 of `betas`, which has 2 items"):
+        set_item_pg(pg, "betas__2", 0.5)  # fastai silently sets nothing
+
+
+def test_pytorch_hp_map_names_torch_hypers_as_fastai():
+    assert pytorch_hp_map == {"momentum": "mom", "weight_decay": "wd", "alpha": "sqr_mom",
+                              "betas__0": "mom", "betas__1": "sqr_mom"}
+    import rnnkit.optim  # rnnkit.all star-imports it
+    assert {"detuplify_pg", "set_item_pg", "pytorch_hp_map"} <= set(rnnkit.optim.__all__)
+    assert rnnkit.optim.pytorch_hp_map is pytorch_hp_map
+
+
+def test_optim_wrapper_hypers_are_every_torch_key_renamed_through_the_map_as_fastai():
+    # fastai 2.8: {fwd_map.get(k, k): v for k, v in detuplify_pg(pg).items()}, so recent torch's
+    # foreach, fused, capturable, differentiable, decoupled_weight_decay ... are in hypers too
+    opt = OptimWrapper([tst_param(1.0)], torch.optim.Adam, lr=1e-2, betas=(0.9, 0.99))
+    group, h = opt.opt.param_groups[0], opt.hypers[0]
+    assert (h["lr"], h["mom"], h["sqr_mom"], h["eps"], h["wd"]) == (1e-2, 0.9, 0.99, 1e-8, 0)
+    others = {k: v for k, v in group.items() if k not in ("params", "lr", "betas", "eps", "weight_decay")}
+    assert {k: v for k, v in h.items() if k not in ("lr", "mom", "sqr_mom", "eps", "wd")} == others
+    assert "amsgrad" in others and "maximize" in others
+    mapped = OptimWrapper([tst_param(1.0)], torch.optim.Adam, hp_map={"betas__0": "beta1"}, lr=0.1)
+    assert mapped.hypers[0]["beta1"] == 0.9 and "mom" not in mapped.hypers[0]
+    mapped.set_hyper("beta1", 0.5)
+    assert mapped.opt.param_groups[0]["betas"] == (0.5, 0.999)

@@ -9,12 +9,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from fastcore.foundation import L
 from torch import Tensor
 
 from rnnkit.optim.foreach import IMPLS, _explain_stepper_error, _stepper_defaults, batched_step
 from rnnkit.optim.foreach import step_path as _step_path
 
-__all__ = ["Optimizer", "OptimWrapper"]
+__all__ = ["Optimizer", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
 
 Stepper = Callable[..., Any]
 
@@ -298,25 +299,57 @@ def _copy_to(v: Any, device: torch.device | None) -> Any:
 
 
 # torch hyper-parameter name -> rnnkit name; `name__i` is item i of a tuple such as `betas`.
-_TORCH_HP_MAP = {"momentum": "mom", "weight_decay": "wd", "alpha": "sqr_mom",
-                 "betas__0": "mom", "betas__1": "sqr_mom"}
+pytorch_hp_map = {"momentum": "mom", "weight_decay": "wd", "alpha": "sqr_mom",
+                  "betas__0": "mom", "betas__1": "sqr_mom"}
 
 
-def _flat_hypers(group: dict[str, Any]) -> dict[str, Any]:
-    """A torch param group's hyper-parameters with tuples split into `name__i` entries."""
-    flat = {}
-    for k, v in group.items():
-        if k != "params":
-            flat.update({f"{k}__{i}": x for i, x in enumerate(v)} if isinstance(v, tuple) else {k: v})
-    return flat
+def detuplify_pg(d: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters of torch param group `d` (all but 'params'), a tuple or list value
+    `k=(a, b)` split into `k__0=a, k__1=b`."""
+    res: dict[str, Any] = {}
+    for k, v in d.items():
+        if k == "params":
+            continue
+        if isinstance(v, (tuple, list, L)):
+            res.update({f"{k}__{i}": x for i, x in enumerate(v)})
+        else:
+            res[k] = v
+    return res
 
 
-def _set_torch_hyper(group: dict[str, Any], torch_key: str, v: Any) -> None:
-    name, _, idx = torch_key.partition("__")
-    if idx:
-        group[name] = tuple(v if i == int(idx) else x for i, x in enumerate(group[name]))
-    else:
-        group[name] = v
+def set_item_pg(pg: dict[str, Any], k: str, v: Any) -> dict[str, Any]:
+    """Set `k` of param group `pg` to `v` in place and return `pg`; `name__i` replaces item i of the
+    tuple `pg[name]` (the inverse of `detuplify_pg` for one key)."""
+    name, sep, idx = k.rpartition("__")
+    if not sep or not idx.isdigit() or not isinstance(pg.get(name), (tuple, list, L)):
+        pg[k] = v
+        return pg
+    items, i = pg[name], int(idx)
+    if i >= len(items):
+        raise ValueError(f"set_item_pg: `{k}` asks for item {i} of `{name}`, which has {len(items)} "
+                         f"items ({items!r}); use an index below {len(items)}.")
+    pg[name] = tuple(v if j == i else x for j, x in enumerate(items))
+    return pg
+
+
+def _torch_groups(items: list[Any]) -> list[dict[str, Any]]:
+    """`params` for a torch optimizer, as fastai converts them: a torch-style dict group goes on as it
+    is (torch fills in its defaults), any other group becomes `{'params': group}`."""
+    if not any(isinstance(x, dict) for x in items):
+        return [{"params": g} for g in _as_param_lists(items)]
+    groups = []
+    for i, x in enumerate(items):
+        if isinstance(x, dict):
+            if "params" not in x:
+                raise ValueError(f"Parameter group {i} is a dict without a 'params' key (keys: "
+                                 f"{sorted(map(str, x))}); write it as {{'params': [...], 'lr': ...}}.")
+            groups.append(x)
+        elif _is_group(x):
+            groups.append({"params": list(x)})
+        else:
+            raise TypeError(f"Item {i} of params is a {type(x).__name__}, next to torch-style dict "
+                            "groups; pass a list of groups only (dicts or lists of parameters).")
+    return groups
 
 
 def _split_kwargs(opt_cls: Callable[..., Any], hp_map: dict[str, str], kwargs: dict[str, Any]
@@ -347,40 +380,63 @@ class OptimWrapper(_BaseOptimizer):
     def __init__(self, params: Any, opt: Callable[..., torch.optim.Optimizer] | torch.optim.Optimizer,
                  hp_map: dict[str, str] | None = None, convert_groups: bool = True,
                  **kwargs: Any) -> None:
-        hp_map = dict(_TORCH_HP_MAP if hp_map is None else hp_map)
+        hp_map = dict(pytorch_hp_map if hp_map is None else hp_map)
+        own: list[set[str]] = []  # the keys each torch-style dict group sets itself
         if isinstance(opt, torch.optim.Optimizer):
             if params is not None:
                 raise ValueError("OptimWrapper got both `params` and an already built optimizer; "
                                  "pass params=None with a built optimizer, or pass its class.")
             self.opt = opt
         else:
-            items = [params] if isinstance(params, Tensor) else list(params)
-            torch_params: Any = items
-            if convert_groups:
-                torch_params = [{"params": g} for g in _as_param_lists(items)]
+            items = [params] if isinstance(params, (Tensor, dict)) else list(params)
+            torch_params: Any = _torch_groups(items) if convert_groups else items
+            if all(isinstance(g, dict) for g in torch_params):
+                own = [set(g) for g in torch_params]  # before torch adds its defaults to them
             now, kwargs = _split_kwargs(opt, hp_map, kwargs)
             self.opt = opt(torch_params, **now)
-        keys = _flat_hypers(self.opt.param_groups[0])
+        keys = detuplify_pg(self.opt.param_groups[0])
         self._fwd = {k: hp_map.get(k, k) for k in keys}
         self._bwd = {v: k for k, v in reversed(list(self._fwd.items()))}
         self.state = defaultdict(dict)
         self.train_bn = True
         self.frozen_idx = 0
-        self.set_hypers(**kwargs)
+        for k, v in kwargs.items():
+            self._set_default(k, v, own)
+
+    def _set_default(self, k: str, v: Any, own: list[set[str]]) -> None:
+        """Set a constructor kwarg that `opt` did not take: like torch's defaults, a scalar leaves
+        the groups that set that hyper-parameter themselves alone; per-group values set every group."""
+        if isinstance(v, (slice, list, np.ndarray)) or not any(len(o) > 1 for o in own):
+            self.set_hyper(k, v)
+            return
+        torch_key = self._torch_key(k)
+        values = _spread(k, v, len(self.opt.param_groups))
+        values = [detuplify_pg(g)[torch_key] if any(torch_key == o or torch_key.startswith(f"{o}__")
+                                                    for o in mine) else x
+                  for g, mine, x in zip(self.opt.param_groups, own, values)]
+        if k == "lr":
+            _check_lr(values)
+        self._set_hyper(k, values)
 
     @property
     def hypers(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        """The hyper-parameters of each group under rnnkit names (`lr, mom, sqr_mom, eps, wd`)."""
-        return [{self._fwd.get(k, k): v for k, v in _flat_hypers(g).items()}
+        """The hyper-parameters of each group under rnnkit names (`lr, mom, sqr_mom, eps, wd`), and
+        every other key of the torch group under its own name, as fastai's (see `detuplify_pg`)."""
+        return [{self._fwd.get(k, k): v for k, v in detuplify_pg(g).items()}
                 for g in self.opt.param_groups]
 
-    def _set_hyper(self, k: str, values: list[Any]) -> None:
-        torch_key = self._bwd.get(k, k if k in self._fwd else None)  # rnnkit or torch name
+    def _torch_key(self, k: str) -> str:
+        """The torch name (`betas__0` for an item of a tuple) of hyper-parameter `k`, an rnnkit or torch name."""
+        torch_key = self._bwd.get(k, k if k in self._fwd else None)
         if torch_key is None:
             raise ValueError(f"{type(self.opt).__name__} has no hyper-parameter `{k}`; it has "
                              f"{', '.join(sorted(self._bwd))}.")
+        return torch_key
+
+    def _set_hyper(self, k: str, values: list[Any]) -> None:
+        torch_key = self._torch_key(k)
         for group, v in zip(self.opt.param_groups, values):
-            _set_torch_hyper(group, torch_key, v)
+            set_item_pg(group, torch_key, v)
 
     @property
     def param_lists(self) -> list[list[Tensor]]:

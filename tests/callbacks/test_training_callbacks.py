@@ -1,4 +1,4 @@
-"""GradientAccumulation, ReduceLROnPlateau and ShowGraphCallback on a tiny learner."""
+"""ShortEpochCallback, GradientAccumulation, BnFreeze, ReduceLROnPlateau and ShowGraphCallback on a tiny learner."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,10 +10,12 @@ from torch import nn
 from rnnkit.callbacks.graph import ShowGraphCallback
 from rnnkit.callbacks.schedule import LRFinder
 from rnnkit.callbacks.tracker import ReduceLROnPlateau
-from rnnkit.callbacks.training import GradientAccumulation
+from rnnkit.callbacks.training import BnFreeze, GradientAccumulation, ShortEpochCallback, set_bn_eval
+from rnnkit.data.core import DataLoaders
 from rnnkit.optim.recipes import SGD
 from rnnkit.training.callback import Callback
 from rnnkit.training.events import CancelValidException
+from conftest import make_classification
 
 matplotlib.use("Agg")
 
@@ -31,6 +33,91 @@ class KeepBatches(Callback):
         self.batches.append((self.learn.xb[0].clone(), self.learn.yb[0].clone()))
         self.losses.append(float(self.learn.loss))
         self.weights.append(self.learn.model.weight.detach().clone())
+
+
+class CountBatches(Callback):
+    """Count the batches each phase of each epoch starts, and the cancelled phases."""
+
+    def before_fit(self):
+        self.counts, self.cancelled = [], []
+
+    def before_train(self):
+        self.counts.append([0, 0])
+
+    def before_batch(self):  # not after_batch: ShortEpochCallback may stop that event before us
+        self.counts[-1][0 if self.learn.training else 1] += 1
+
+    def after_cancel_train(self):
+        self.cancelled.append("train")
+
+    def after_cancel_validate(self):
+        self.cancelled.append("valid")
+
+
+@pytest.fixture
+def dls_8_batches():
+    """8 training and 8 validation batches of 8 items."""
+    return DataLoaders.from_dsets(make_classification(64), make_classification(64, seed=1), bs=8)
+
+
+def test_short_epoch_stops_train_and_valid_at_the_first_batch_reaching_pct(make_learner, dls_8_batches):
+    learn = make_learner(dls=dls_8_batches, cbs=CountBatches())
+    learn.fit(2, cbs=ShortEpochCallback(pct=0.25))
+    # batch i runs and then stops the phase once i/8 >= 0.25: batches 0, 1 and 2
+    assert learn.count_batches.counts == [[3, 3], [3, 3]]
+    assert learn.count_batches.cancelled == ["train", "valid"] * 2
+    assert len(learn.recorder.values) == 2  # each epoch still validated and recorded
+    learn.fit(1, cbs=ShortEpochCallback())  # default pct=0.01: batch 1 already reaches it
+    assert learn.count_batches.counts == [[2, 2]]
+
+
+def test_short_epoch_without_short_valid_validates_in_full(make_learner, dls_8_batches):
+    learn = make_learner(dls=dls_8_batches, cbs=CountBatches())
+    learn.fit(2, cbs=ShortEpochCallback(pct=0.25, short_valid=False))
+    assert learn.count_batches.counts == [[3, 8], [3, 8]]
+    assert learn.count_batches.cancelled == ["train", "train"]
+
+
+def _bn_model():
+    """Linear, trainable BatchNorm1d, Linear, frozen BatchNorm1d, Linear."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 6), nn.BatchNorm1d(6),
+                          nn.Linear(6, 3))
+    model[4].requires_grad_(False)
+    return model
+
+
+def _bn_stats(bn):
+    return [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
+
+
+@pytest.mark.parametrize("order", [0, -20])  # run_after keeps it after TrainEvalCallback whatever its order
+def test_bn_freeze_keeps_the_running_stats_of_frozen_batchnorm_only(make_learner, order):
+    model = _bn_model()
+    trainable, frozen = _bn_stats(model[1]), _bn_stats(model[4])
+    cb = BnFreeze()
+    cb.order = order
+    learn = make_learner(model=model, opt_func=SGD, lr=0.1, cbs=cb)
+    learn.fit(2)
+    for before, after in zip(frozen, _bn_stats(model[4])):
+        assert torch.equal(before, after)
+    assert not torch.equal(trainable[0], model[1].running_mean)
+    assert model[1].num_batches_tracked.item() == 2 * len(learn.dls.train)
+    # without BnFreeze the frozen layer's statistics move in the same fit
+    model = _bn_model()
+    frozen = _bn_stats(model[4])
+    make_learner(model=model, opt_func=SGD, lr=0.1).fit(1)
+    assert not torch.equal(frozen[0], model[4].running_mean)
+
+
+def test_set_bn_eval_switches_frozen_batchnorm_at_any_depth_and_back():
+    frozen, trainable, no_params = nn.BatchNorm2d(3), nn.BatchNorm1d(3), nn.BatchNorm1d(3, affine=False)
+    frozen.requires_grad_(False)
+    model = nn.Sequential(nn.Sequential(nn.Sequential(frozen)), trainable, no_params)
+    set_bn_eval(model)
+    assert not frozen.training
+    assert trainable.training and no_params.training and model.training
+    set_bn_eval(model, use_eval=False)
+    assert frozen.training
 
 
 def test_gradient_accumulation_matches_one_step_on_the_doubled_batch(make_learner):

@@ -16,13 +16,14 @@ from rnnkit.callbacks.tensorboard import TensorBoardBaseCallback, TensorBoardCal
 from rnnkit.callbacks.tracker import (
     EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback, TerminateOnNaNCallback, TrackerCallback,
 )
-from rnnkit.callbacks.training import GradientAccumulation
+from rnnkit.callbacks.training import BnFreeze, GradientAccumulation, ShortEpochCallback, bn_types, set_bn_eval
 
 __all__ = ["NTASGD", "Checkpointer", 
     "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback", "FetchPredsCallback", "ProgressCallback",
     "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs", "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",
     "EarlyStoppingCallback", "SaveModelCallback", "TerminateOnNaNCallback", "TrackerCallback",
     "ReduceLROnPlateau", "GradientAccumulation", "ShowGraphCallback",
+    "ShortEpochCallback", "bn_types", "set_bn_eval", "BnFreeze",
     "Hook", "hook_output", "Hooks", "hook_outputs", "has_params", "HookCallback", "ActivationStats",
     "TensorBoardBaseCallback", "TensorBoardCallback", "projector_word_embeddings",
 ]

@@ -1,12 +1,35 @@
-"""Callbacks that change how training steps: `GradientAccumulation`."""
+"""Callbacks that change how training steps: `ShortEpochCallback`, `GradientAccumulation`, `BnFreeze`."""
 from __future__ import annotations
 
+from torch import nn
+
 from rnnkit.callbacks.fp16 import MixedPrecision
-from rnnkit.training.callback import Callback
-from rnnkit.training.events import CancelBatchException
+from rnnkit.training.callback import Callback, TrainEvalCallback
+from rnnkit.training.events import CancelBatchException, CancelTrainException, CancelValidException
 from rnnkit.utils import find_bs
 
-__all__ = ["GradientAccumulation"]
+__all__ = ["ShortEpochCallback", "GradientAccumulation", "bn_types", "set_bn_eval", "BnFreeze"]
+
+
+class ShortEpochCallback(Callback):
+    """Run only the first `pct` of each epoch's batches, e.g. to check quickly that a fit runs end to end.
+
+    A phase stops after the first batch whose index `i` has `i / n_iter >= pct` (fastai's count), so at
+    least one batch always runs: with 10 batches and `pct=0.25`, batches 0 to 3. With `short_valid=False`
+    the validation runs in full.
+    """
+
+    def __init__(self, pct: float = 0.01, short_valid: bool = True) -> None:
+        super().__init__()
+        self.pct, self.short_valid = pct, short_valid
+
+    def after_batch(self) -> None:
+        if self.learn.iter / self.learn.n_iter < self.pct:
+            return
+        if self.learn.training:
+            raise CancelTrainException()  # the epoch goes on with the validation
+        if self.short_valid:
+            raise CancelValidException()
 
 
 class GradientAccumulation(Callback):
@@ -42,3 +65,29 @@ class GradientAccumulation(Callback):
         if self.count < self.n_acc:
             raise CancelBatchException()  # no step, no zero_grad: the next backward adds to these gradients
         self.count = 0
+
+
+bn_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def set_bn_eval(m: nn.Module, use_eval: bool = True) -> None:
+    """Put the frozen BatchNorm layers among the submodules of `m` in eval mode (train mode if not `use_eval`).
+
+    A layer counts as frozen when its weight does not require a gradient, as in fastai; layers without
+    parameters (`affine=False`) have nothing frozen and are left as they are. `m` itself is not changed.
+    """
+    for layer in list(m.modules())[1:]:  # every submodule, at any depth
+        if not isinstance(layer, bn_types):
+            continue
+        weight = next(layer.parameters(), None)
+        if weight is not None and not weight.requires_grad:
+            layer.train(not use_eval)
+
+
+class BnFreeze(Callback):
+    """Keep the running statistics of frozen (non-trainable) BatchNorm layers fixed during training."""
+
+    run_after = TrainEvalCallback  # its before_train puts the whole model in train mode again
+
+    def before_train(self) -> None:
+        set_bn_eval(self.learn.model)

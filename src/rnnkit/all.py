@@ -3,11 +3,19 @@
 Re-exports only: no logic lives here, and nothing inside the package imports this module.
 """
 # ruff: noqa: F401, F403
-from functools import partial
-
 # fastcore's names come first, as in fastai (`store_attr`, `patch`, `delegates`, `Self`, `test_eq` ...,
 # which fastai users' callbacks and tests use); rnnkit's own names below take precedence.
 from fastcore.all import *
+
+# The standard-library names fastai's star import brings (fastai.imports), which fastai code uses bare.
+import collections, contextlib, functools, inspect, io, itertools, json, math, operator, os, random, re, shutil
+import sys, tempfile, time, types, warnings
+from collections import Counter, OrderedDict, defaultdict, namedtuple
+from contextlib import contextmanager, redirect_stdout
+from copy import copy, deepcopy
+from functools import partial, reduce
+from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -22,11 +30,14 @@ from rnnkit.losses import *
 from rnnkit.metrics import *
 from rnnkit.optim import *
 from rnnkit.schedules import *
-from rnnkit.training.callback import Callback, TrainEvalCallback
+from rnnkit.training.callback import CastToTensor, Callback, TrainEvalCallback
 from rnnkit.training.events import *
-from rnnkit.training.learner import Learner, load_model_state, norm_bias_params, trainable_params
+from rnnkit.training.learner import (
+    Learner, before_batch_cb, load_model, load_model_state, norm_bias_params, save_model, trainable_params,
+)
 from rnnkit.training.recorder import Recorder
 from rnnkit.utils import *
+from rnnkit.torch_core import *
 from rnnkit.models import *
 from rnnkit.text.learner import LMLearner, TextLearner, awd_lstm_lm_split, language_model_learner
 from rnnkit.export import ExportError, export_learner, load_learner

@@ -96,8 +96,13 @@ def test_cbs_is_an_L_with_fastcore_methods(make_learner):
     assert isinstance(learn.cbs, L)
     assert learn.cbs.attrgot("name")[0] == "train_eval"
     assert learn.cbs.filter(lambda c: c.order > 0).map(type).map(lambda t: t.__name__)[0] == "Recorder"
-    learn.cbs = L(reversed(learn.cbs))  # order still comes from `order`
-    assert learn.cbs[0].name == "train_eval"
+    learn.add_cb(Callback())
+    assert type(learn.cbs[-1]) is Callback  # the order they were added in, as fastai keeps it
+    assert [type(c).__name__ for c in learn.cbs[:4]] == ["TrainEvalCallback", "Recorder", "CastToTensor",
+                                                         "ProgressCallback"]  # fastai 2.8's defaults
+    learn.cbs = L(reversed(learn.cbs))  # events still go by `order`
+    assert learn.cbs[0].name == "" or type(learn.cbs[0]) is Callback
+    assert learn.ordered_cbs("before_fit")[0].name == "train_eval"
 
 
 def test_load_creates_the_optimizer_when_the_learner_has_none(make_learner):
@@ -253,3 +258,64 @@ def test_trackers_ignore_epochs_skipped_by_start_epoch(make_learner):
     learn = make_learner(cbs=stop, lr=0.1)
     learn.fit(3, start_epoch=2)  # two skipped epochs must not count as "no improvement"
     assert learn.epoch == 2 and len(learn.recorder.values) == 1 and stop.wait == 0
+
+
+def test_defaults_give_the_default_lr_and_callbacks(make_learner):
+    from fastcore.basics import defaults
+
+    from rnnkit.training.callback import CastToTensor
+
+    import inspect
+
+    assert defaults.lr == 1e-3 and inspect.signature(Learner).parameters["lr"].default == 1e-3
+    assert CastToTensor in defaults.callbacks
+    learn = make_learner()
+    assert isinstance(learn.cast_to_tensor, CastToTensor)
+
+
+def test_cast_to_tensor_gives_the_model_plain_tensors(make_learner):
+    class Sub(torch.Tensor):
+        pass
+
+    seen = []
+
+    class Look(Callback):
+        order = 10
+
+        def before_batch(self):
+            seen.append(type(self.learn.xb[0]))
+
+    learn = make_learner(cbs=Look())
+    x, y = learn.dls.one_batch()
+    learn.opt = None
+    learn.create_opt()
+    learn.training = True
+    learn.one_batch(0, (x.as_subclass(Sub), y))
+    assert seen == [torch.Tensor]
+
+
+def test_save_model_load_model_and_before_batch_cb(make_learner, tmp_path):
+    from rnnkit.training.learner import before_batch_cb, load_model, save_model
+
+    learn = make_learner(lr=0.1)
+    learn.fit(1)
+    save_model(tmp_path / "m.pth", learn.model, learn.opt)
+    other = make_learner()
+    other.create_opt()
+    load_model(tmp_path / "m.pth", other.model, other.opt)
+    assert torch.equal(other.model.weight, learn.model.weight)
+    assert other.opt.state_dict()["state"][0].keys() == learn.opt.state_dict()["state"][0].keys()
+    save_model(tmp_path / "w.pth", learn.model, learn.opt, with_opt=False)
+    with pytest.warns(UserWarning, match="no optimizer state"):
+        load_model(tmp_path / "w.pth", other.model, other.opt)
+
+    seen = []
+
+    @before_batch_cb
+    def shift(self, xb, yb):
+        seen.append(1)
+        return (xb[0] + 1000,), yb
+
+    learn.add_cb(shift)
+    learn.validate()
+    assert len(seen) == len(learn.dls.valid)

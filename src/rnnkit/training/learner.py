@@ -8,11 +8,13 @@ import inspect
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from fastcore.basics import defaults
 from torch import nn
 
 from rnnkit.callbacks.fp16 import MixedPrecision
@@ -21,18 +23,26 @@ from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SuggestedLRs, Sk
 from rnnkit.memory import buffer_pool
 from rnnkit.optim.recipes import Adam
 from rnnkit.schedules import flat_cos_scheds, one_cycle_scheds, sgdr_n_epoch, sgdr_scheds, valley
-from rnnkit.training.callback import Callback, TrainEvalCallback, check_event_names, has_event
+from rnnkit.training.callback import CastToTensor, Callback, TrainEvalCallback, check_event_names, has_event
 from rnnkit.training.events import (
     ALL_EVENTS, CancelBackwardException, CancelBatchException, CancelEpochException,
     CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
 )
 from rnnkit.training.recorder import Recorder
+from rnnkit.torch_core import to_detach
 from rnnkit.utils import L, noop, to_device
 
-__all__ = ["Learner", "trainable_params", "norm_bias_params", "load_model_state"]
+__all__ = ["Learner", "trainable_params", "norm_bias_params", "load_model_state", "save_model", "load_model",
+           "before_batch_cb"]
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+# fastai's global defaults (fastcore's `defaults` namespace): the default lr, and the callbacks every
+# Learner starts with (a user may change the list, as in fastai).
+defaults.lr = 1e-3
+defaults.callbacks = [TrainEvalCallback, Recorder, CastToTensor, ProgressCallback]
 
 
 def trainable_params(m: nn.Module) -> list[nn.Parameter]:
@@ -126,11 +136,56 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: b
     model.load_state_dict(state, strict=strict)
 
 
+def save_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = True,
+               pickle_protocol: int | None = None) -> None:
+    """Save `model`'s state (and `opt`'s, if `with_opt`) to `file`, atomically: tensors and plain values
+    only, which `load_model` reads without unpickling code. (`pickle_protocol` is accepted for fastai's
+    signature and unused.)"""
+    obj: dict[str, Any] = {"model": model.state_dict()}
+    if with_opt and opt is not None:
+        obj["opt"] = opt.state_dict()
+    _atomic_save(obj, Path(file))
+
+
+def load_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = True, device: Any = None,
+               strict: bool = True) -> None:
+    """Load what `save_model` wrote into `model` (and `opt`), onto `device` (an int is a CUDA index; the
+    CPU by default). Only tensors and plain values are read (`torch.load(weights_only=True)`)."""
+    target = Path(file)
+    if isinstance(device, int):
+        device = torch.device("cuda", device)
+    try:
+        obj = torch.load(target, map_location=device or "cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"Could not read {target}: it is not a checkpoint saved by "
+                         f"Learner.save, or it is corrupt or truncated ({e})") from e
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{target} does not hold a model state dict")
+    load_model_state(model, state, strict=strict)
+    if not with_opt:
+        return
+    if "opt" not in obj:
+        warnings.warn(f"{target} holds no optimizer state (saved with with_opt=False); the optimizer starts "
+                      "afresh. Pass with_opt=False to load only the weights.", UserWarning, stacklevel=3)
+    elif opt is not None:
+        opt.load_state_dict(obj["opt"])
+
+
+def before_batch_cb(f: Callable) -> Callback:
+    """A callback from `f(self, xb, yb) -> (xb, yb)`, run in `before_batch` to change the batch."""
+
+    def _before_batch(self: Callback) -> None:
+        self.learn.xb, self.learn.yb = f(self, self.learn.xb, self.learn.yb)
+
+    return Callback(before_batch=_before_batch)
+
+
 class Learner:
     """Group data, model, loss and optimizer, and train them with `fit` and its schedules."""
 
     def __init__(self, dls: Any, model: nn.Module, loss_func: Callable | None = None,
-                 opt_func: Callable = Adam, lr: float = 1e-3,
+                 opt_func: Callable = Adam, lr: float = defaults.lr,
                  splitter: Callable[[nn.Module], Any] = trainable_params,
                  cbs: Any = None, metrics: Any = None, path: str | Path | None = None,
                  model_dir: str | Path = "models", wd: float | None = None,
@@ -173,8 +228,8 @@ class Learner:
         self._cbs: list[Callback] = []
         self._event_cbs: dict[str, list[Callback]] = {}
         self._cb_by_name: dict[str, Callback] = {}
-        if default_cbs:
-            self.add_cbs([TrainEvalCallback(), Recorder(), ProgressCallback()])
+        if default_cbs:  # fastai's: TrainEvalCallback, Recorder, CastToTensor, ProgressCallback
+            self.add_cbs(defaults.callbacks)
         self.metrics = metrics
         self.add_cbs(cbs)
         self("after_create")
@@ -221,7 +276,8 @@ class Learner:
 
     @property
     def cbs(self) -> L:
-        """The callbacks, in the order they run, as a fastcore `L` (`.filter`, `.map`, `.attrgot` ...)."""
+        """The callbacks in the order they were added, as a fastcore `L` (`.filter`, `.map`, `.attrgot`,
+        `.sorted('order')` ...); events reach them sorted by `order`."""
         return L(self._cbs)
 
     @cbs.setter
@@ -313,9 +369,10 @@ class Learner:
                 print(f"{' ' * indent} - {step:15}:", self.ordered_cbs(step) if step in ALL_EVENTS else [])
 
     def _reindex(self) -> None:
-        self._cbs = _sort_cbs(self._cbs)
-        # Per-event lists, so the batch loop only calls callbacks that act on each event.
-        self._event_cbs = {e: [c for c in self._cbs if has_event(c, e)] for e in ALL_EVENTS}
+        # `learn.cbs` keeps the order callbacks were added in, as fastai's does; events go to them
+        # sorted by `order`. Per-event lists, so the batch loop only calls callbacks that act on each event.
+        ordered = _sort_cbs(self._cbs)
+        self._event_cbs = {e: [c for c in ordered if has_event(c, e)] for e in ALL_EVENTS}
 
     def __call__(self, event_name: str | Iterable[str]) -> None:
         """Fire an event (or a list of events) on every callback that acts on it."""
@@ -588,7 +645,7 @@ class Learner:
         dl_detach = getattr(self.dl, "to_detach", None)
         if dl_detach is not None:
             return dl_detach(b, cpu, gather)
-        return _detach(b, cpu)
+        return to_detach(b, cpu, gather)
 
     # ---- contexts ----
     @contextlib.contextmanager
@@ -665,10 +722,7 @@ class Learner:
     def save(self, file: str | Path, with_opt: bool = True) -> Path:
         """Save model weights (and optimizer state) to `path/model_dir/file.pth`, atomically."""
         target = self._checkpoint_path(file)
-        obj: dict[str, Any] = {"model": self.model.state_dict()}
-        if with_opt and self.opt is not None:
-            obj["opt"] = self.opt.state_dict()
-        _atomic_save(obj, target)
+        save_model(target, self.model, self.opt, with_opt=with_opt)
         return target
 
     def load(self, file: str | Path, device: Any = None, with_opt: bool = True,
@@ -678,21 +732,9 @@ class Learner:
         if not target.exists():
             raise FileNotFoundError(f"No saved model at {target}; check the name, `learn.path` "
                                     f"({self.path}) and `learn.model_dir` ({self.model_dir})")
-        if device is None:
-            device = self._device() or "cpu"
-        try:
-            obj = torch.load(target, map_location=device, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"Could not read {target}: it is not a checkpoint saved by "
-                             f"Learner.save, or it is corrupt or truncated ({e})") from e
-        state = obj.get("model", obj) if isinstance(obj, dict) else None
-        if not isinstance(state, dict):
-            raise ValueError(f"{target} does not hold a model state dict")
-        load_model_state(self.model, state, strict=strict)
         if self.opt is None:
             self.create_opt()  # as fastai's load does, so `learn.opt` is there to inspect or fit with
-        if with_opt and "opt" in obj:
-            self.opt.load_state_dict(obj["opt"])
+        load_model(target, self.model, self.opt, with_opt=with_opt, device=device or self._device(), strict=strict)
         return self
 
     def export(self, fname: str | Path = "export.pkl", pickle_module: Any = None,
@@ -717,17 +759,6 @@ def _param_state(opt: Any, p: torch.Tensor) -> dict[str, Any]:
     if st is None:
         st = opt.state[p] = {}
     return st
-
-
-def _detach(b: Any, cpu: bool) -> Any:
-    if isinstance(b, torch.Tensor):
-        b = b.detach()
-        return b.cpu() if cpu else b
-    if isinstance(b, dict):
-        return {k: _detach(v, cpu) for k, v in b.items()}
-    if isinstance(b, (list, tuple)):
-        return type(b)(_detach(o, cpu) for o in b)
-    return b
 
 
 def _check_lr(lr: Any) -> None:

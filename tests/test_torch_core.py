@@ -1,6 +1,7 @@
 """fastai's torch_core helpers that fastai code calls (to_detach, to_np, find_device, no_random ...)."""
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import namedtuple
 
@@ -45,13 +46,17 @@ def test_no_random_seeds_a_block_and_restores_the_generators():
 
 
 def test_replacing_yield_puts_the_value_back_even_on_error():
-    class O:
+    class Holder:
         x = 1
 
-    o = O()
+        @contextlib.contextmanager
+        def x_changed(self, v):  # fastai's pattern: a context manager that returns the generator
+            return replacing_yield(self, "x", v)
+
+    o = Holder()
     try:
-        with replacing_yield(o, "x", 2) as v:
-            assert o.x == v == 2
+        with o.x_changed(2):
+            assert o.x == 2
             raise RuntimeError
     except RuntimeError:
         pass

@@ -102,12 +102,11 @@ def no_random(seed: int = 42, reproducible: bool = True) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
 
 
-@contextlib.contextmanager
-def replacing_yield(o: Any, attr: str, val: Any) -> Iterator[Any]:
-    """Set `o.attr = val` for the duration of a `with` block, then put the old value back."""
+def replacing_yield(o: Any, attr: str, val: Any) -> Iterator[None]:
+    """A generator that sets `o.attr = val`, yields once, then puts the old value back: as in fastai, a
+    method decorated with `@contextmanager` returns it (`with learn.no_logging(): ...` is built this way)."""
     old = getattr(o, attr)
-    setattr(o, attr, val)
     try:
-        yield val
+        yield setattr(o, attr, val)
     finally:
         setattr(o, attr, old)

@@ -106,7 +106,8 @@ def replacing_yield(o: Any, attr: str, val: Any) -> Iterator[None]:
     """A generator that sets `o.attr = val`, yields once, then puts the old value back: as in fastai, a
     method decorated with `@contextmanager` returns it (`with learn.no_logging(): ...` is built this way)."""
     old = getattr(o, attr)
+    setattr(o, attr, val)
     try:
-        yield setattr(o, attr, val)
+        yield
     finally:
         setattr(o, attr, old)

@@ -106,9 +106,9 @@ class AvgMetric(Metric):
         self.count += bs
 
     @property
-    def value(self) -> float | None:
-        """Weighted average as a float, or None before any batch."""
-        return _to_float(self.total / self.count) if self.count else None
+    def value(self) -> Any:
+        """Weighted average (a 0-d tensor when `func` returns tensors, as in fastai), or None before any batch."""
+        return self.total / self.count if self.count else None
 
     @property
     def name(self) -> str:
@@ -133,9 +133,9 @@ class AvgLoss(Metric):
         self.count += bs
 
     @property
-    def value(self) -> float | None:
-        """Weighted mean loss as a float, or None before any batch."""
-        return _to_float(self.total / self.count) if self.count else None
+    def value(self) -> Any:
+        """Weighted mean loss as a 0-d tensor (as in fastai), or None before any batch."""
+        return self.total / self.count if self.count else None
 
     @property
     def name(self) -> str:
@@ -192,14 +192,12 @@ class Perplexity(AvgLoss):
     """exp of the batch-size-weighted average loss: the usual language-model metric."""
 
     @property
-    def value(self) -> float | None:
-        """exp(mean loss) as a float, or None before any batch."""
+    def value(self) -> Any:
+        """exp(mean loss) as a 0-d tensor (inf for a diverged model), or None before any batch."""
         if not self.count:
             return None
-        try:
-            return math.exp(_to_float(self.total / self.count))
-        except OverflowError:  # a diverged model: report inf rather than crash the epoch
-            return math.inf
+        mean = self.total / self.count
+        return torch.exp(mean) if isinstance(mean, Tensor) else torch.tensor(math.exp(min(float(mean), 709.0)))
 
     @property
     def name(self) -> str:

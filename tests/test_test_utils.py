@@ -12,6 +12,7 @@ def test_test_eq_compares_parameters_that_require_grad_as_fastai_does():
     p = torch.nn.Parameter(torch.ones(2))
     test_eq(p, torch.ones(2))  # noqa: F405
     test_eq([p, 1], [torch.ones(2), 1])  # noqa: F405
+    test_eq(L([p]), L([torch.ones(2)]))  # noqa: F405
     test_eq({"a": p}, {"a": torch.ones(2)})  # noqa: F405
     test_eq(torch.tensor(3.0), 3.0)  # noqa: F405
     test_ne(p, torch.zeros(2))  # noqa: F405

@@ -19,7 +19,7 @@ from rnnkit.losses import MSELossFlat
 from rnnkit.optim.recipes import SGD
 from rnnkit.training.callback import Callback
 from rnnkit.training.learner import Learner
-from rnnkit.utils import default_device
+from rnnkit.utils import L, default_device
 
 __all__ = ["RegModel", "synth_dbunch", "synth_learner", "VerboseCallback", "equals", "test_eq", "test_ne"]
 
@@ -69,6 +69,8 @@ class VerboseCallback(Callback):
 def _detached(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x.detach()
+    if isinstance(x, L):
+        return L(_detached(o) for o in x)
     if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
         return type(x)(_detached(o) for o in x)
     if isinstance(x, dict):
@@ -82,7 +84,7 @@ def equals(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         a, b = a.detach(), b.detach()
         return bool(a == b) if a.dim() == 0 and b.dim() == 0 else torch.equal(a, b)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+    if isinstance(a, (list, tuple, L)) and isinstance(b, (list, tuple, L)):
         return len(a) == len(b) and all(equals(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(equals(a[k], b[k]) for k in a)

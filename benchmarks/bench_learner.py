@@ -121,6 +121,52 @@ def bench_learner(reps: int, model_no: int = 6) -> None:
         print(f"{k:48s} {1000 * med / n_batches:9.3f} {med / base:8.3f}x")
 
 
+def bench_overhead(reps: int) -> None:
+    """The Learner's own cost per batch: a Linear(4, 3) on 4,000 items, bs 8, where the model is nearly free."""
+    from rnnkit.data.core import DataLoaders
+    from rnnkit.optim.recipes import SGD
+
+    g = torch.Generator().manual_seed(0)
+    items = [(torch.randn(4, generator=g), int(torch.randint(0, 3, (1,), generator=g))) for _ in range(4000)]
+    dls = DataLoaders.from_dsets(items, items[:400], bs=8)
+    n_batches = len(dls.train) + len(dls.valid)
+
+    def learner(**kw):
+        torch.manual_seed(0)
+        learn = Learner(dls, torch.nn.Linear(4, 3), loss_func=F.cross_entropy, opt_func=SGD, lr=0.01, **kw)
+        learn.logger = lambda row: None
+        return learn
+
+    m_plain = torch.nn.Linear(4, 3)
+    opt_plain = torch.optim.SGD(m_plain.parameters(), lr=0.01)
+
+    def plain():
+        for xb, yb in dls.train:
+            F.cross_entropy(m_plain(xb), yb).backward()
+            opt_plain.step()
+            opt_plain.zero_grad()
+        with torch.no_grad():
+            for xb, yb in dls.valid:
+                F.cross_entropy(m_plain(xb), yb)
+
+    dropping = learner()
+    dropping.drop_grads = True
+    variants = {"plain loop (torch SGD)": plain, "Learner.fit (grads zeroed in place)": learner().fit,
+                "Learner.fit, drop_grads=True": dropping.fit,
+                "Learner.fit, + __call__ callback": learner(cbs=CallEveryEvent()).fit}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for f in variants.values():
+        f() if f is plain else f(1)
+    for _ in range(reps):
+        for k, f in variants.items():
+            times[k] += time_it(plain if f is plain else (lambda f=f: f(1)), 1)
+    print(f"\nLearner overhead: Linear(4, 3), bs 8, {n_batches} batches/epoch, median of {reps}")
+    base = statistics.median(times["plain loop (torch SGD)"])
+    for k, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{k:48s} {1e6 * med / n_batches:9.1f} us/batch {1e6 * (med - base) / n_batches:+8.1f} us")
+
+
 def bench_adam(reps: int) -> None:
     from rnnkit.models.book import LMModel6
 
@@ -157,9 +203,14 @@ if __name__ == "__main__":
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--model", type=int, choices=(6, 7), default=6, help="the chapter's LMModel6 or LMModel7")
     ap.add_argument("--no-adam", action="store_true", help="skip the optimizer-step comparison")
+    ap.add_argument("--overhead", action="store_true", help="only the per-batch overhead with a tiny model")
     args = ap.parse_args()
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if args.overhead:
+        bench_overhead(args.reps)
+        raise SystemExit
     bench_learner(args.reps, args.model)
+    bench_overhead(args.reps)
     if not args.no_adam:
         bench_adam(args.reps)

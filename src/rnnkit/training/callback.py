@@ -267,5 +267,12 @@ class CastToTensor(Callback):
 
     def before_batch(self) -> None:
         learn = self.learn
-        if any(type(o) is not torch.Tensor for o in learn.xb + learn.yb):  # rare: plain batches cost one check
+        if not (_all_plain(learn.xb) and _all_plain(learn.yb)):  # rare: plain batches cost one check
             learn.xb, learn.yb = _plain_tensors(learn.xb), _plain_tensors(learn.yb)
+
+
+def _all_plain(b: tuple) -> bool:
+    for o in b:  # a loop, not any(<generator>): this runs every batch
+        if type(o) is not torch.Tensor:
+            return False
+    return True

@@ -11,7 +11,23 @@ from torch import nn
 
 matplotlib.use("Agg")
 os.environ.setdefault("RNNKIT_NO_PROGRESS", "1")
+# Tests run on the CPU by default, also on a GPU machine (loaders would otherwise put batches on CUDA);
+# the GPU paths are the tests marked `cuda`. `RNNKIT_DEVICE=cuda pytest` runs everything on the GPU.
+os.environ.setdefault("RNNKIT_DEVICE", "cpu")
 torch.set_num_threads(2)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped without one, must pass with one")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 # Property tests draw the same examples on every run (CI must not pass or fail by luck) and keep no
 # example database between runs. `HYPOTHESIS_PROFILE=explore` draws fresh random examples instead.

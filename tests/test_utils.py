@@ -167,11 +167,15 @@ def test_to_device_recurses_and_keeps_container_types():
     assert res[0].device.type == "cpu" and res[2] == 3
 
 
-def test_default_device_is_cpu_without_accelerators():
-    dev = default_device()
-    assert isinstance(dev, torch.device)
-    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        assert dev.type == "cpu"
+def test_default_device_is_the_best_available_unless_rnnkit_device_says(monkeypatch):
+    monkeypatch.setenv("RNNKIT_DEVICE", "auto")
+    best = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert default_device().type == best
+    monkeypatch.setenv("RNNKIT_DEVICE", "meta")  # any torch device name is taken as given
+    assert default_device() == torch.device("meta")
+    monkeypatch.setenv("RNNKIT_DEVICE", "gpu0")
+    with pytest.raises(ValueError, match="RNNKIT_DEVICE='gpu0' is not a device"):
+        default_device()
 
 
 def test_detuplify_unwraps_single_element_tuples():

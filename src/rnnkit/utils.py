@@ -256,7 +256,14 @@ def release_freed_memory() -> bool:
 
 
 def default_device() -> torch.device:
-    """The best available device: CUDA, then Apple MPS, then CPU."""
+    """The device loaders put batches on unless told: `$RNNKIT_DEVICE` if set (`cpu`, `cuda:1` ...),
+    else the best available one: CUDA, then Apple MPS, then CPU."""
+    forced = os.environ.get("RNNKIT_DEVICE", "").strip()
+    if forced and forced != "auto":
+        try:
+            return torch.device(forced)
+        except RuntimeError:
+            raise ValueError(f"RNNKIT_DEVICE={forced!r} is not a device; use cpu, cuda, cuda:N, mps or auto") from None
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)

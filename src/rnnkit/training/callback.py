@@ -213,6 +213,18 @@ def check_event_names(cb: Callback) -> None:
                                  f"called; {_suggest(attr)}see rnnkit.event for all names")
 
 
+def move_to_loaders_device(learn: Learner) -> None:
+    """Put the model (and a loss module, e.g. with class weights) on the device the loaders send batches to,
+    as fastai does at the start of `fit`; rnnkit also does it before `validate` and `get_preds`."""
+    device = getattr(learn.dls, "device", None)
+    if device is None:
+        return
+    learn.model.to(device)
+    loss_to = getattr(learn.loss_func, "to", None)  # an nn.Module, or one of rnnkit's losses (BaseLoss.to)
+    if callable(loss_to) and (isinstance(learn.loss_func, nn.Module) or hasattr(type(learn.loss_func), "to")):
+        loss_to(device)
+
+
 class TrainEvalCallback(Callback):
     """Keep the learner's training/eval mode, iteration counters and `pct_train` up to date."""
 
@@ -228,11 +240,7 @@ class TrainEvalCallback(Callback):
         learn.train_iter = 0
         learn.pct_train = 0.0
         learn._n_train_batches = learn.n_epoch * max(len(learn.dls.train), 1)
-        device = getattr(learn.dls, "device", None)
-        if device is not None:
-            learn.model.to(device)
-            if isinstance(learn.loss_func, nn.Module):
-                learn.loss_func.to(device)  # e.g. class weights
+        move_to_loaders_device(learn)
         reset = getattr(learn.model, "reset", None)
         if callable(reset):
             reset()  # no hidden state from before this fit

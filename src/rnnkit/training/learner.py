@@ -23,7 +23,9 @@ from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SuggestedLRs, Sk
 from rnnkit.memory import buffer_pool
 from rnnkit.optim.recipes import Adam
 from rnnkit.schedules import flat_cos_scheds, one_cycle_scheds, sgdr_n_epoch, sgdr_scheds, valley
-from rnnkit.training.callback import CastToTensor, Callback, TrainEvalCallback, check_event_names, has_event
+from rnnkit.training.callback import (
+    CastToTensor, Callback, TrainEvalCallback, check_event_names, has_event, move_to_loaders_device,
+)
 from rnnkit.training.events import (
     ALL_EVENTS, CancelBackwardException, CancelBatchException, CancelEpochException,
     CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
@@ -603,7 +605,8 @@ class Learner:
 
     # ---- evaluation ----
     def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any]:
-        """Run a validation pass; return `[valid_loss, *metrics]`."""
+        """Run a validation pass on the loaders' device; return `[valid_loss, *metrics]`."""
+        move_to_loaders_device(self)
         self._batch_device = self._device()
         with self.added_cbs(cbs), self.no_logging(), self.no_bar():
             self._do_epoch_validate(ds_idx, dl)

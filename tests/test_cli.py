@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 RNNKIT = [sys.executable, "-m", "rnnkit.cli"]
 FAST = ["--epochs", "2", "--bs", "32", "--threads", "2"]
@@ -44,7 +45,8 @@ def trained_run(tmp_path_factory):
 def test_train_writes_a_complete_run_folder_and_says_where(trained_run):
     tmp, r = trained_run
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "perplexity", "time"]
+    assert lines[0].startswith("device: cpu (") and lines[0].endswith("precision fp32")  # RNNKIT_DEVICE=cpu
+    assert lines[1].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "perplexity", "time"]
     assert lines[-1] == f"Saved the run to {Path('run')}"
     assert lines[-2].startswith("sample: one thousand two hundred")
     run = tmp / "run"
@@ -101,6 +103,9 @@ def test_refuses_to_overwrite_a_run_unless_asked(trained_run):
     (["evaluate", "not_a_run"], ["not_a_run is not a run folder"]),
     (["generate", "not_a_run", "hi"], ["is not a run folder"]),
     (["train", "--resume", "not_a_run"], ["not a run folder"]),
+    (["train", "--device", "gpu"], ["device='gpu' must be auto, cpu, cuda, cuda:N or mps"]),
+    pytest.param(["train", "--device", "cuda", "--out", "nogpu"], ["no CUDA device is available", "--device cpu"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, args, needles):
     _assert_user_error(_run(tmp_path, *args), *needles)

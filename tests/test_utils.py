@@ -289,3 +289,22 @@ def test_reuse_freed_memory_is_a_no_op_off_linux(monkeypatch):
         assert utils.release_freed_memory() is False and utils.heap_free_bytes() is None
     finally:
         utils._glibc.cache_clear()
+
+
+def test_resolve_device_checks_the_device_exists(monkeypatch):
+    from rnnkit.utils import describe_device, resolve_device
+
+    monkeypatch.setenv("RNNKIT_DEVICE", "cpu")
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device(None) == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert describe_device(torch.device("cpu")).startswith("cpu (")
+    with pytest.raises(ValueError, match="is not a device"):
+        resolve_device("gpu")
+    with pytest.raises(ValueError, match="rnnkit trains on cpu, cuda or mps"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available.*--device cpu"):
+            resolve_device("cuda:0")
+    else:
+        with pytest.raises(ValueError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")

@@ -51,7 +51,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ntasgd", action="store_true", default=S, help="NT-ASGD weight averaging (AWD-LSTM)")
     g.add_argument("--seed", type=int, default=S, help="random seed (default 42)")
     g.add_argument("--threads", type=int, default=S, help="torch CPU threads")
-    g.add_argument("--precision", default=S, help="fp32 (default), bf16 or fp16")
+    g.add_argument("--precision", default=S, help="fp32 (default), bf16 or fp16 (autocast; fp16 with a GradScaler)")
+    g.add_argument("--device", default=S, help="auto (default: CUDA when available, then MPS, then CPU), cpu, "
+                                               "cuda, cuda:N or mps")
     g.add_argument("--checkpoint-every", type=int, default=S, help="also checkpoint every N batches")
     g.add_argument("--out", default=S, help="run folder (default runs/latest)")
     p.add_argument("--config", type=Path, help="TOML or YAML file of the same options (command line wins)")
@@ -73,12 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="valid", choices=["valid", "test", "train"])
     e.add_argument("--data", help="folder of the corpus, if it moved since training")
     e.add_argument("--bs", type=int, help="evaluation batch size (default: the run's)")
+    e.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the run's setting)")
     g = sub.add_parser("generate", help="continue a text with a trained run")
     g.add_argument("run", type=Path, metavar="RUN")
     g.add_argument("prompt")
     g.add_argument("--n-words", type=int, default=40)
     g.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the run's setting)")
     f = sub.add_parser("lr-find", help="run the LR range test and write its plot",
                        description="Run the LR finder with the training options and write lr_find.png.")
     _add_train_options(f)
@@ -113,7 +117,7 @@ def _train(args: argparse.Namespace) -> int:
 
         run = args.resume
         extra = [k for k in vars(args) if k not in ("command", "config", "resume", "overwrite", "no_sample",
-                                                     "threads")]
+                                                     "threads", "device")]
         if extra or args.config:
             raise RunError(f"--resume continues {run} with its saved config; drop --{extra[0].replace('_', '-')}"
                            if extra else f"--resume continues {run} with its saved config; drop --config")
@@ -124,9 +128,14 @@ def _train(args: argparse.Namespace) -> int:
         cfg.out = str(run)
         if getattr(args, "threads", None):
             cfg.threads = args.threads
+        if getattr(args, "device", None):  # a run may continue on another machine
+            cfg.device = cfg.validate_device(args.device)
     else:
         cfg = _config(args)
+        _print_device(cfg)  # checks the device exists before a run folder is made
         prepare_run_folder(Path(cfg.out), args.overwrite)
+    if args.resume is not None:
+        _print_device(cfg)
     start = time.time()
     res = train(cfg, resume=args.resume is not None)
     run = res["run"]
@@ -153,7 +162,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from rnnkit.run import RunError, load_run
 
-    cfg, learn = load_run(args.run, data=args.data)
+    cfg, learn = load_run(args.run, data=args.data, device=args.device)
     if args.split == "test":
         from rnnkit.data.lm_loader import LMDataLoader
         from rnnkit.data.corpora import read_corpus
@@ -177,7 +186,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.n_words < 0 or args.temperature < 0:
         raise ValueError("--n-words and --temperature must be >= 0")
-    _, learn = load_run(args.run, need_data=False)
+    _, learn = load_run(args.run, need_data=False, device=args.device)
     print(learn.predict(args.prompt, n_words=args.n_words, temperature=args.temperature, seed=args.seed))
     return 0
 
@@ -196,12 +205,19 @@ def _lr_find(args: argparse.Namespace) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    _print_device(cfg)
     learn = build_learner(cfg, build_dls(cfg))
     res = learn.lr_find(show_plot=True, suggest_funcs=_suggest_funcs())
     plt.gcf().savefig(out / "lr_find.png")
     print("  ".join(f"{k}: {v:.2e}" for k, v in res._asdict().items()))
     print(f"Saved the plot to {out / 'lr_find.png'}")
     return 0
+
+
+def _print_device(cfg: Any) -> None:
+    from rnnkit.utils import describe_device, resolve_device
+
+    print(f"device: {describe_device(resolve_device(cfg.device))}, precision {cfg.precision}")
 
 
 def _suggest_funcs() -> tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -54,9 +55,18 @@ class TrainConfig:
     seed: int = 42
     threads: int | None = None  # torch CPU threads (default: torch's choice)
     precision: str = "fp32"  # fp32, bf16 or fp16
+    device: str = "auto"  # auto (CUDA when available, then MPS, then CPU), cpu, cuda, cuda:N or mps
     checkpoint_every: int = 0  # also checkpoint every N batches (0: only at the end of each epoch)
     out: str = "runs/latest"  # the run folder
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the run
+
+    @staticmethod
+    def validate_device(device: str) -> str:
+        """`device` if it is written as a device (auto, cpu, cuda, cuda:N or mps); whether it exists is
+        checked when the run starts."""
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):
+            raise ConfigError(f"config: device={device!r} must be auto, cpu, cuda, cuda:N or mps")
+        return str(device)
 
     def validate(self) -> TrainConfig:
         """Check values that types alone do not catch; raise ConfigError naming the key."""
@@ -73,6 +83,7 @@ class TrainConfig:
             raise bad("optimizer", "must be adam or sgd")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise bad("precision", "must be fp32, bf16 or fp16")
+        self.validate_device(self.device)
         if not self.lr > 0:
             raise bad("lr", "must be positive (e.g. 3e-3), or use --lr-find")
         for key in ("bs", "bptt", "epochs"):

@@ -44,6 +44,7 @@ from rnnkit.data.vocab import Vocab
 from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS, AWDLSTMConfig
 from rnnkit.optim.recipes import SGD, Adam
 from rnnkit.text.learner import LMLearner, language_model_learner
+from rnnkit.utils import resolve_device
 
 __all__ = ["RunError", "RUN_MARKER", "prepare_run_folder", "build_learner", "train", "load_run",
            "model_config"]
@@ -99,7 +100,7 @@ def build_dls(cfg: TrainConfig, vocab: Vocab | None = None) -> TextDataLoaders:
         except ValueError as e:
             raise RunError(f"the run's vocabulary does not match the corpus at {cfg.data}: {e}") from None
     return TextDataLoaders.from_corpus(corpus, path=cfg.out, bs=cfg.bs, seq_len=cfg.bptt,
-                                       random_bptt=cfg.random_bptt, seed=cfg.seed)
+                                       random_bptt=cfg.random_bptt, seed=cfg.seed, device=resolve_device(cfg.device))
 
 
 def build_learner(cfg: TrainConfig, dls: Any) -> LMLearner:
@@ -168,6 +169,7 @@ def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[s
         dls.vocab.save(run / "vocab.json")
         _write_marker(run, "running")
     learn = build_learner(cfg, dls)
+    learn.model.to(dls.device)  # before any optimizer state is loaded, so that state lands there too
     lr = cfg.lr
     if resume:
         load_weights(learn.model, weights, what=f"checkpoint in {run}")
@@ -212,8 +214,10 @@ def atomic_save_weights(learn: LMLearner, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_run(run: Path, data: str | None = None, need_data: bool = True) -> tuple[TrainConfig, LMLearner]:
-    """A trained run's config and learner (final weights, else the last checkpoint's)."""
+def load_run(run: Path, data: str | None = None, need_data: bool = True,
+             device: str | None = None) -> tuple[TrainConfig, LMLearner]:
+    """A trained run's config and learner (final weights, else the last checkpoint's), on `device`
+    (default: the run's own setting, `auto` unless it was trained with `--device`)."""
     if not run.is_dir() or not is_run(run):
         raise RunError(f"{run} is not a run folder (no {RUN_MARKER}); give the --out folder of `rnnkit train`")
     try:
@@ -223,6 +227,8 @@ def load_run(run: Path, data: str | None = None, need_data: bool = True) -> tupl
         raise RunError(f"{run / 'config.json'} is missing or unreadable: {e}") from None
     if data is not None:
         cfg.data = data
+    if device is not None:
+        cfg.device = device
     cfg.out = str(run)
     try:
         vocab = Vocab.load(run / "vocab.json")
@@ -232,7 +238,7 @@ def load_run(run: Path, data: str | None = None, need_data: bool = True) -> tupl
         dls: Any = build_dls(cfg, vocab)
     else:
         dls = SimpleNamespace(vocab=vocab, tokenizer=Tokenizer.from_name(_TOKENIZER_OF[cfg.corpus]),
-                              path=run, train=[], valid=[])
+                              path=run, train=[], valid=[], device=resolve_device(cfg.device))
     learn = build_learner(cfg, dls)
     final = run / "model.safetensors"
     if final.is_file():
@@ -245,4 +251,5 @@ def load_run(run: Path, data: str | None = None, need_data: bool = True) -> tupl
     else:
         weights, _, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     load_weights(learn.model, weights, what=f"weights in {run}")
+    learn.model.to(dls.device)
     return cfg, learn

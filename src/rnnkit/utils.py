@@ -27,6 +27,8 @@ __all__ = [
     "class2attr",
     "cpu_computes_natively",
     "default_device",
+    "describe_device",
+    "resolve_device",
     "detuplify",
     "find_bs",
     "noop",
@@ -270,6 +272,45 @@ def default_device() -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The device `spec` names, checked to exist: 'auto' (or None) is `default_device()` ($RNNKIT_DEVICE if
+    set, else CUDA when available, then Apple MPS, then the CPU); 'cpu', 'cuda', 'cuda:N' and 'mps' must be
+    there, or a ValueError says what is."""
+    if spec is None or str(spec) == "auto":
+        spec = default_device()
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"device {spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"device {spec!r}: no CUDA device is available (this PyTorch is {build}); "
+                             "use --device cpu or auto")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {spec!r}: there are {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+        return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {spec!r}: Apple's MPS is not available here; use --device cpu or auto")
+        return dev
+    if dev.type != "cpu":
+        raise ValueError(f"device {spec!r}: rnnkit trains on cpu, cuda or mps")
+    return dev
+
+
+def describe_device(dev: torch.device) -> str:
+    """One line naming `dev` for a run's log: 'cuda:0 (NVIDIA H200, 139 GiB)', 'cpu (2 threads)'."""
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        return f"{dev} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    if dev.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return str(dev)
 
 
 def detuplify(x: Any) -> Any:

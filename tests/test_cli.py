@@ -48,6 +48,7 @@ def test_train_writes_a_complete_run_folder_and_says_where(trained_run):
     assert lines[0].startswith("device: cpu (") and lines[0].endswith("precision fp32")  # RNNKIT_DEVICE=cpu
     assert lines[1].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "perplexity", "time"]
     assert lines[-1] == f"Saved the run to {Path('run')}"
+    assert lines[-3].startswith("speed: ") and "tokens/s" in lines[-3]
     assert lines[-2].startswith("sample: one thousand two hundred")
     run = tmp / "run"
     for f in ("rnnkit-run.json", "config.json", "vocab.json", "model.safetensors", "metrics.csv", "loss.png",

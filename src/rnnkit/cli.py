@@ -152,6 +152,9 @@ def _train(args: argparse.Namespace) -> int:
     m = res["metrics"]
     print(f"valid: loss {m['loss']:.4f}  perplexity {m['perplexity']:.3f}  accuracy {m['accuracy']:.4f}  "
           f"({time.time() - start:.0f}s)")
+    if "tokens_per_s" in res:
+        print(f"speed: {res['tokens_per_s']:,.0f} tokens/s in the last epoch's training "
+              f"({res['epoch_seconds']:.1f}s)")
     if not args.no_sample:
         prompt = _sample_prompt(res["learn"], cfg)
         print(f"sample: {res['learn'].predict(prompt, n_words=24, temperature=0.5, seed=cfg.seed)}")

@@ -31,6 +31,7 @@ from rnnkit.callbacks.csv_logger import CSVLogger
 from rnnkit.callbacks.memory import ReleaseFreedMemory
 from rnnkit.callbacks.ntasgd import NTASGD
 from rnnkit.callbacks.rnn import RNNTrainer
+from rnnkit.callbacks.throughput import Throughput
 from rnnkit.callbacks.tracker import TerminateOnNaNCallback
 from rnnkit.checkpoint import (
     CheckpointError, atomic_write_text, latest_checkpoint, load_checkpoint, load_weights,
@@ -106,7 +107,8 @@ def build_dls(cfg: TrainConfig, vocab: Vocab | None = None) -> TextDataLoaders:
 def build_learner(cfg: TrainConfig, dls: Any) -> LMLearner:
     """The language-model learner `cfg` describes, without training callbacks."""
     opt_func = Adam if cfg.optimizer == "adam" else partial(SGD, mom=0.0)
-    cbs: list[Any] = [TerminateOnNaNCallback(), ReleaseFreedMemory()]  # flat resident memory (issue 13)
+    cbs: list[Any] = [TerminateOnNaNCallback(), ReleaseFreedMemory(),  # flat resident memory (issue 13)
+                      Throughput()]
     if cfg.clip:
         cbs.append(GradientClip(cfg.clip))
     if cfg.random_bptt:
@@ -196,6 +198,9 @@ def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[s
     _fit(learn, cfg, lr)
     state = "interrupted" if ckpt.interrupted else "nan" if learn.nan_stopped else "done"
     summary: dict[str, Any] = {"state": state, "run": run, "checkpoint": ckpt.last_path, "lr": lr}
+    speed = learn.get_cb(Throughput)
+    if speed is not None and speed.epoch_seconds:
+        summary["tokens_per_s"], summary["epoch_seconds"] = speed.tokens_per_s[-1], speed.epoch_seconds[-1]
     if state == "done":
         atomic_save_weights(learn, run / "model.safetensors")
         _save_plots(learn, run)

@@ -221,3 +221,15 @@ def test_model_resetter_resets_at_each_phase(make_learner):
     # TrainEvalCallback.before_fit (fastai resets any model with reset()), then ModelResetter's
     # (before_train + before_validate) * 2 + after_fit
     assert Stateful.resets == 6
+
+
+def test_throughput_counts_training_targets_and_times_each_epoch(make_learner):
+    from rnnkit.callbacks.throughput import Throughput
+
+    speed = Throughput()
+    learn = make_learner(cbs=speed)
+    learn.fit(2)
+    n = sum(y.numel() for _, y in learn.dls.train)  # validation batches are not counted
+    assert speed.epoch_tokens == [n, n]
+    assert len(speed.epoch_seconds) == 2 and all(s > 0 for s in speed.epoch_seconds)
+    assert speed.tokens_per_s[0] == pytest.approx(n / speed.epoch_seconds[0])

@@ -10,6 +10,7 @@ from rnnkit.callbacks.ntasgd import NTASGD
 from rnnkit.callbacks.checkpoint import Checkpointer
 from rnnkit.callbacks.preds import FetchPredsCallback, GatherPredsCallback
 from rnnkit.callbacks.progress import ProgressCallback
+from rnnkit.callbacks.throughput import Throughput
 from rnnkit.callbacks.rnn import ModelReseter, ModelResetter, RNNCallback, RNNRegularizer, RNNTrainer, rnn_cbs
 from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SkipToEpoch, SuggestedLRs
 from rnnkit.callbacks.tensorboard import TensorBoardBaseCallback, TensorBoardCallback, projector_word_embeddings
@@ -19,7 +20,7 @@ from rnnkit.callbacks.tracker import (
 from rnnkit.callbacks.training import BnFreeze, GradientAccumulation, ShortEpochCallback, bn_types, set_bn_eval
 
 __all__ = ["NTASGD", "Checkpointer", 
-    "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback", "FetchPredsCallback", "ProgressCallback",
+    "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback", "FetchPredsCallback", "ProgressCallback", "Throughput",
     "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs", "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",
     "EarlyStoppingCallback", "SaveModelCallback", "TerminateOnNaNCallback", "TrackerCallback",
     "ReduceLROnPlateau", "GradientAccumulation", "ShowGraphCallback",

@@ -128,10 +128,36 @@ def latest_checkpoint(ckpt_dir: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """Verify a checkpoint folder against its manifest and read it: (weights, optimizer state, trainer state)."""
+def _load_device(map_location: Any) -> torch.device:
+    """`map_location` as a device: None is the CPU, an int a CUDA index, else what `torch.device` takes."""
+    if map_location is None:
+        return torch.device("cpu")
+    if isinstance(map_location, int) and not isinstance(map_location, bool):
+        return torch.device("cuda", map_location)
+    try:
+        return torch.device(map_location)
+    except (TypeError, RuntimeError) as e:
+        kind = TypeError if isinstance(e, TypeError) else ValueError
+        raise kind(f"load_checkpoint map_location must be a device such as 'cpu', 'cuda:0', "
+                   f"torch.device('cuda') or a CUDA index, got {map_location!r}; pass the model's "
+                   "device, e.g. next(model.parameters()).device.") from e
+
+
+# Devices safetensors loads onto directly; others (e.g. `meta`) are loaded on the CPU and moved.
+_SAFETENSORS_DEVICES = ("cpu", "cuda")
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu"
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Verify a checkpoint folder against its manifest and read it: (weights, optimizer state, trainer state).
+
+    Weights and optimizer state are loaded onto `map_location` (pass the model's device so they are not
+    copied twice); the trainer state (RNG states, which must be CPU tensors, and callback state that its
+    callbacks put on the model's device) always onto the CPU.
+    """
     from safetensors.torch import load_file
 
+    device = _load_device(map_location)
     manifest_path = path / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -146,8 +172,11 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> tuple[dict[str, to
             raise CheckpointError(f"checkpoint file {fp} is corrupt or truncated (its checksum does not "
                                   "match manifest.json); resume from an earlier checkpoint or start over")
     try:
-        weights = load_file(str(path / "model.safetensors"), device=str(map_location))
-        opt_state = torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True)
+        direct = device.type in _SAFETENSORS_DEVICES
+        weights = load_file(str(path / "model.safetensors"), device=str(device) if direct else "cpu")
+        if not direct:
+            weights = {k: v.to(device) for k, v in weights.items()}
+        opt_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} could not be read: {e}") from e

@@ -84,11 +84,6 @@ class BaseLoss:
         """Map activations to decoded predictions; identity unless a subclass says otherwise."""
         return x
 
-    def to(self, device: torch.device | str) -> BaseLoss:
-        """Move the wrapped loss's buffers (class weights) to `device`."""
-        self.func.to(device)
-        return self
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(axis={self.axis}, func={self.func!r})"
 
@@ -116,7 +111,7 @@ class CrossEntropyLossFlat(BaseLoss):
         func = self.func
         if (kwargs or type(func) is not nn.CrossEntropyLoss or func.weight is not None
                 or func.label_smoothing != 0 or func.reduction not in ("mean", "sum", "none")
-                or inp.ndim != 2 or targ.ndim != 1 or targ.dtype != torch.int64
+                or inp.ndim != 2 or targ.ndim != 1 or targ.dtype != torch.int64 or targ.device != inp.device
                 or not pooling_applies(inp, inp.numel() * inp.element_size())):
             return func(inp, targ, **kwargs)
         return _ChunkedCrossEntropy.apply(inp, targ, func.ignore_index, func.reduction)

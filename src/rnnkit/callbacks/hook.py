@@ -265,7 +265,7 @@ class ActivationStats(HookCallback):
         res = self.hist(idx)
         if ax is None:
             _, ax = plt.subplots(figsize=figsize)
-        ax.imshow(res.numpy(), origin="lower")
+        ax.imshow(res.cpu().numpy(), origin="lower")  # histograms stay on the device with cpu=False
         ax.axis("off")
         return ax
 

@@ -145,7 +145,7 @@ class AWD_LSTM(nn.Module):
         bs, w = inp.size(0), self.encoder.weight
         if self.hidden[0][0].device != w.device or self.hidden[0][0].dtype != w.dtype:  # after .to(...)
             self.hidden = [(h.to(w), c.to(w)) for h, c in self.hidden]
-        if bs != self.bs:
+        if bs != self.hidden[0][0].size(1):  # the state's own size: a loaded state may not match `self.bs`
             self._change_bs(bs)
         x = self.input_dp(inp if from_embeds else self.encoder_dp(inp))  # (bs, seq_len, emb_sz)
         raw_outputs, outputs, new_hidden = [], [], []
@@ -169,10 +169,10 @@ class AWD_LSTM(nn.Module):
         # Keep the state of the streams that go on (fastai's behaviour); new streams start from zeros.
         new = []
         for i, (h, c) in enumerate(self.hidden):
-            if bs < self.bs:
+            if bs < h.size(1):
                 new.append((h[:, :bs], c[:, :bs]))
             else:
-                z_h, z_c = self._zeros(i, bs - self.bs)
+                z_h, z_c = self._zeros(i, bs - h.size(1))
                 new.append((torch.cat([h, z_h], dim=1), torch.cat([c, z_c], dim=1)))
         self.hidden, self.bs = new, bs
 

@@ -210,6 +210,10 @@ class WeightDropout(nn.Module):
             h_sz = rnn.proj_size if rnn.proj_size > 0 else rnn.hidden_size
             h = input.new_zeros(n_states, bs, h_sz)
             hx = (h, input.new_zeros(n_states, bs, rnn.hidden_size)) if rnn.mode == "LSTM" else h
+        else:
+            # nn.LSTM.forward's own check (2 us): the fused kernel called directly does not check the state's
+            # shape, and on the CPU would run with a state of another batch size.
+            rnn.check_forward_args(input, hx, None)
         flat = [weights[n] if n in weights else getattr(rnn, n) for n in rnn._flat_weights_names]
         if flat[0].is_cuda:
             flat = self._one_chunk_for_cudnn(flat)

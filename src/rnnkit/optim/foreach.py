@@ -38,7 +38,7 @@ from torch import Tensor
 
 from rnnkit.optim.fused import FUSED_DTYPES, fused_form
 
-__all__ = ["batched_form", "batched_step", "step_path", "IMPLS"]
+__all__ = ["batched_form", "batched_step", "step_path", "state_to_param_devices", "IMPLS"]
 
 Stepper = Callable[..., Any]
 IMPLS = ("auto", "foreach", "per_param")
@@ -270,8 +270,24 @@ class _Plan:
 
 
 def _plan_key(opt: Any) -> tuple[Any, ...]:
+    # The device of each group's first parameter: `model.to(device)` keeps the parameter objects (and
+    # so their ids) but not the state's device; a model is moved whole, one check per group suffices.
+    devices = tuple([getattr(pl[0], "device", None) if pl else None for pl in opt.param_lists])
     return (id(opt.state), opt.frozen_idx, opt.train_bn, opt.impl, tuple(map(id, opt.cbs)),
-            tuple(map(len, opt.param_lists)), tuple(map(id, chain.from_iterable(opt.param_lists))))
+            tuple(map(len, opt.param_lists)), tuple(map(id, chain.from_iterable(opt.param_lists))), devices)
+
+
+def state_to_param_devices(opt: Any) -> None:
+    """Move each parameter's tensor state to the parameter's device, where the model was moved after the
+    state was made or loaded (e.g. the Learner puts the model on the loaders' device at `fit`)."""
+    state = opt.state
+    for p in chain.from_iterable(opt.param_lists):
+        st = state.get(p) if isinstance(p, Tensor) else None
+        if not st:
+            continue
+        for k, v in st.items():
+            if isinstance(v, Tensor) and v.device != p.device:
+                st[k] = v.to(p.device)
 
 
 def batched_step(opt: Any) -> bool:
@@ -283,6 +299,8 @@ def batched_step(opt: Any) -> bool:
     work = None
     for fresh in (False, True):  # the kept plan, then (if something moved) a new one
         if fresh or plan is None or plan.key != key or not plan.built:
+            if plan is None or plan.key != key:  # first step, or the parameters changed or moved
+                state_to_param_devices(opt)
             plan = opt._plan = _Plan(key, opt.cbs, opt.impl)
             plan.built = plan.path != "per_param" and plan.build(opt)
         if not plan.built:

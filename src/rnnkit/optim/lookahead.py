@@ -58,6 +58,9 @@ class Lookahead:
         self.count += 1
         if self.count % self.k == 0:
             fast = self._params()
+            # the model may have moved since the slow weights were made or loaded: they follow it
+            self.slow_weights = [s if s.device == p.device else s.to(p.device)
+                                 for s, p in zip(self.slow_weights, fast)]
             torch._foreach_lerp_(self.slow_weights, fast, self.alpha)
             torch._foreach_copy_(fast, self.slow_weights)
         return loss

@@ -298,6 +298,21 @@ class Optimizer(_BaseOptimizer):
             self.state[p] = {k: _copy_to(v, getattr(p, "device", None)) for k, v in s.items()}
 
 
+def _torch_state_to_param_devices(opt: torch.optim.Optimizer) -> None:
+    """Move a torch optimizer's state to its parameters' devices as its `load_state_dict` places it: all
+    of it, but a `step` count on the CPU stays there unless the group is `capturable` or `fused`."""
+    for group in opt.param_groups:
+        step_on_device = bool(group.get("capturable") or group.get("fused"))
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            for k, v in st.items():
+                if (isinstance(v, Tensor) and v.device != p.device
+                        and not (k == "step" and v.device.type == "cpu" and not step_on_device)):
+                    st[k] = v.to(p.device)
+
+
 def _copy_to(v: Any, device: torch.device | None) -> Any:
     """A copy of `v` with its tensors on `device` (where they are if None): no shared buffers."""
     if isinstance(v, Tensor):
@@ -411,6 +426,7 @@ class OptimWrapper(_BaseOptimizer):
         self.state = defaultdict(dict)
         self.train_bn = True
         self.frozen_idx = 0
+        self._devices: tuple[Any, ...] = ()  # of each group's first parameter when last stepped
         for k, v in kwargs.items():
             self._set_default(k, v, own)
 
@@ -466,6 +482,10 @@ class OptimWrapper(_BaseOptimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Step the wrapped optimizer, leaving frozen groups untouched."""
+        devices = tuple([g["params"][0].device if g["params"] else None for g in self.opt.param_groups])
+        if devices != self._devices:  # first step, or the model moved since: its state follows
+            _torch_state_to_param_devices(self.opt)
+            self._devices = devices
         hidden = [(p, p.grad) for pl in self.param_lists[: self.frozen_idx] for p in pl
                   if p.grad is not None and not self._trains_when_frozen(p)]
         for p, _ in hidden:

@@ -84,6 +84,12 @@ class BaseLoss:
         """Map activations to decoded predictions; identity unless a subclass says otherwise."""
         return x
 
+    def to(self, device: torch.device | str) -> BaseLoss:
+        """Move the wrapped loss's buffers (class weights) to `device`, as fastai's `BaseLoss.to` does."""
+        if isinstance(self.func, nn.Module):
+            self.func.to(device)
+        return self
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(axis={self.axis}, func={self.func!r})"
 

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.utils import cpu_autocast_dtype
+
 __all__ = ["BufferPool", "buffer_pool", "pooling_applies"]
 
 
@@ -116,17 +118,21 @@ buffer_pool = BufferPool()  # the process's pool, shared by the decoder and the 
 
 
 def _cpu_autocast_enabled() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # PyTorch < 2.4 takes no device type
-        return torch.is_autocast_cpu_enabled()
+    return cpu_autocast_dtype() is not None
 
 
 def pooling_applies(x: Tensor, out_bytes: int) -> bool:
     """Whether a kernel computing `out_bytes` from `x` should write into `buffer_pool` (and compute in
     row chunks): on the CPU, in float32/float64, at least `min_bytes`, and neither under autocast (its
     own casting applies) nor while torch.compile traces."""
-    compiler = getattr(torch, "compiler", None)
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and out_bytes >= buffer_pool.min_bytes and not _cpu_autocast_enabled()
-            and not (compiler is not None and compiler.is_compiling()))
+            and out_bytes >= buffer_pool.min_bytes and not _cpu_autocast_enabled() and not _is_compiling())
+
+
+def _is_compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if is_compiling is None:  # PyTorch < 2.3 has it only under dynamo
+        from torch import _dynamo
+
+        is_compiling = _dynamo.is_compiling
+    return bool(is_compiling())

@@ -25,6 +25,7 @@ __all__ = [
     "Module",
     "camel2snake",
     "class2attr",
+    "cpu_autocast_dtype",
     "cpu_computes_natively",
     "default_device",
     "describe_device",
@@ -272,6 +273,28 @@ def default_device() -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _autocast_takes_device_type() -> bool:
+    try:
+        torch.is_autocast_enabled("cpu")  # type: ignore[call-arg, unused-ignore]
+    except TypeError:
+        return False
+    return True
+
+
+# Decided once, outside any torch.compile trace (where a TypeError would surface as a dynamo error).
+_AUTOCAST_TAKES_DEVICE_TYPE = _autocast_takes_device_type()
+
+
+def cpu_autocast_dtype() -> torch.dtype | None:
+    """The dtype CPU autocast computes in right now, or None when it is off (PyTorch 2.2 to 2.13 alike:
+    the device-type arguments of `torch.is_autocast_enabled`/`get_autocast_dtype` came in 2.4)."""
+    if _AUTOCAST_TAKES_DEVICE_TYPE:
+        if not torch.is_autocast_enabled("cpu"):  # type: ignore[call-arg, unused-ignore]
+            return None
+        return torch.get_autocast_dtype("cpu")
+    return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:

@@ -110,7 +110,11 @@ def native_lowp(monkeypatch):
     return _set
 
 
-@pytest.mark.parametrize("meth", ["to_fp16", "to_bf16"])
+_CPU_SCALER = pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"),
+                                 reason="a CPU GradScaler (torch.amp.GradScaler) came in PyTorch 2.3")
+
+
+@pytest.mark.parametrize("meth", [pytest.param("to_fp16", marks=_CPU_SCALER), "to_bf16"])
 def test_mixed_precision_trains_on_cpu(make_learner, meth, native_lowp):
     native_lowp(True)
     probe = _OutputDtypes()
@@ -162,6 +166,17 @@ def test_bf16_lstm_learner_trains_on_this_cpu(make_learner):
     assert any("trains in float32" in str(w.message) for w in caught) == (not native)
 
 
+def test_fp16_without_a_grad_scaler_for_the_device_warns_and_trains_in_fp32(make_learner, native_lowp,
+                                                                             monkeypatch):
+    native_lowp(True)
+    monkeypatch.delattr(torch.amp, "GradScaler", raising=False)  # as on PyTorch < 2.3
+    learn = make_learner(lr=0.1).to_fp16()
+    with pytest.warns(RuntimeWarning, match="has no GradScaler for cpu"):
+        learn.fit(1)
+    assert learn.mixed_precision.scaler is None and not learn.mixed_precision.enabled
+
+
+@_CPU_SCALER
 def test_fp16_skips_step_when_gradients_overflow(make_learner, native_lowp):
     native_lowp(True)
     learn = make_learner().to_fp16()

@@ -30,6 +30,16 @@ class _ScalerView:
         self.skipped = False
 
 
+def _grad_scaler(device_type: str, **kwargs: Any) -> Any:
+    """`torch.amp.GradScaler(device_type)`; on PyTorch < 2.3 only CUDA has one (`torch.cuda.amp`), else None."""
+    amp_scaler = getattr(torch.amp, "GradScaler", None)
+    if amp_scaler is not None:
+        return amp_scaler(device_type, **kwargs)
+    if device_type == "cuda":
+        return torch.cuda.amp.GradScaler(**kwargs)
+    return None
+
+
 def _float_out(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x.float() if x.is_floating_point() else x
@@ -62,14 +72,15 @@ class MixedPrecision(Callback):
         self.backoff_factor, self.growth_interval = backoff_factor, growth_interval
         self.scaler: torch.amp.GradScaler | None = None
         self._autocast: Any = None
-        self.enabled, self._warned = True, False
+        self.enabled, self._warned, self._scaler_missing = True, False, False
 
     def _device_type(self) -> str:
         p = next(self.learn.model.parameters(), None)
         return p.device.type if p is not None else "cpu"
 
     def _decide(self) -> None:
-        self.enabled = self._device_type() != "cpu" or utils.cpu_computes_natively(self.dtype)
+        self.enabled = ((self._device_type() != "cpu" or utils.cpu_computes_natively(self.dtype))
+                        and not self._scaler_missing)
         if not self.enabled and not self._warned:
             self._warned = True
             name = str(self.dtype).removeprefix("torch.")
@@ -80,15 +91,21 @@ class MixedPrecision(Callback):
                           "to_bf16() (or --precision) to silence this.", RuntimeWarning, stacklevel=2)
 
     def before_fit(self) -> None:
-        self._warned = False
+        self._warned = self._scaler_missing = False
         self._decide()
         self.scaler = None
         if not self.enabled:
             return
         if self.dtype == torch.float16:
-            self.scaler = torch.amp.GradScaler(
+            self.scaler = _grad_scaler(
                 self._device_type(), init_scale=self.init_scale, growth_factor=self.growth_factor,
                 backoff_factor=self.backoff_factor, growth_interval=self.growth_interval)
+            if self.scaler is None:
+                self.enabled, self._scaler_missing = False, True
+                warnings.warn(f"MixedPrecision(float16): this PyTorch ({torch.__version__}) has no GradScaler for "
+                              f"{self._device_type()} (torch.amp.GradScaler came in 2.3), so it trains in float32. "
+                              "Upgrade PyTorch, or use to_bf16(), which needs no scaling.", RuntimeWarning,
+                              stacklevel=2)
 
     def before_validate(self) -> None:
         self._decide()  # also for a `validate()` outside `fit`

@@ -13,7 +13,7 @@ from torch import Tensor, _VF, nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
 
-from rnnkit.utils import cpu_computes_natively
+from rnnkit.utils import cpu_autocast_dtype, cpu_computes_natively
 
 __all__ = ["EmbeddingDropout", "RNNDropout", "WeightDropout", "dropout_mask"]
 
@@ -146,8 +146,10 @@ _RNN_FUNCS: dict[str, Callable[..., Any]] = {
 
 
 def _cpu_autocast_cannot_run_rnn(x: Tensor) -> bool:
-    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and not cpu_computes_natively(torch.get_autocast_dtype("cpu")))
+    if x.device.type != "cpu":
+        return False
+    dtype = cpu_autocast_dtype()
+    return dtype is not None and not cpu_computes_natively(dtype)
 
 
 class WeightDropout(nn.Module):

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
-from rnnkit.optim.fused import FUSED_DTYPES, fused_form
+from rnnkit.optim.fused import FUSED_DTYPES, fused_form, fused_supported
 
 __all__ = ["batched_form", "batched_step", "step_path", "state_to_param_devices", "IMPLS"]
 
@@ -242,7 +242,7 @@ class _Plan:
                     return False
                 if bucket is None:
                     fused = (self.fused is not None and p.dtype in FUSED_DTYPES
-                             and p.device.type in ("cpu", "cuda"))
+                             and fused_supported(self.fused, p.device))
                     bucket = by_key[bkey] = _Bucket(gi, bkey[1:], flags, tensor_keys, fused)
                 bucket.params.append(p)
         self.buckets = list(by_key.values())

@@ -25,6 +25,7 @@ and state are the same either way.
 """
 from __future__ import annotations
 
+import functools
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -35,7 +36,7 @@ from rnnkit.optim.steppers import (_scratch_like_all, _zeros_like_all, adam_step
                                    average_sqr_grad, l2_reg, momentum_step, rms_prop_step,
                                    step_stat, weight_decay)
 
-__all__ = ["fused_adam", "fused_sgd", "fused_rmsprop", "fused_form"]
+__all__ = ["fused_adam", "fused_sgd", "fused_rmsprop", "fused_form", "fused_supported"]
 
 Tensors = list[Tensor]
 
@@ -115,6 +116,26 @@ _FUSED: dict[Any, Callable[..., dict[str, Any] | None]] = {
 }
 # Dtypes the CPU and CUDA fused kernels take; other buckets use the foreach twins.
 FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_runs(fused: Callable[..., Any], device_type: str) -> bool:
+    ps, grads = [torch.zeros(1, device=device_type)], [torch.zeros(1, device=device_type)]
+    try:
+        fused(ps, grads, lr=0.0, mom=0.9, sqr_mom=0.99, eps=1e-8, wd=0.0, decouple_wd=True)
+    except (NotImplementedError, RuntimeError, AttributeError):
+        return False
+    return True
+
+
+def fused_supported(fused: Callable[..., Any], device: torch.device) -> bool:
+    """Whether this PyTorch has `fused`'s kernel on `device`'s type: tried once on one-element tensors.
+
+    The kernels came to the CPU later than to CUDA (PyTorch 2.2 has `_fused_adamw_` for CUDA only, and
+    no `_fused_sgd_` at all); where one is missing the bucket runs the steppers' foreach twins instead."""
+    if device.type not in ("cpu", "cuda"):
+        return False
+    return _kernel_runs(fused, device.type)
 
 
 def fused_form(cbs: Sequence[Callable[..., Any]]) -> Callable[..., dict[str, Any] | None] | None:

@@ -65,6 +65,29 @@ def test_corrupt_or_truncated_checkpoint_is_detected(tmp_path):
         latest_checkpoint(tmp_path / "empty")
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_a_forged_pickle_with_a_matching_manifest_is_refused_in_one_line(tmp_path):
+    import hashlib
+    import json
+
+    path = save_checkpoint(tmp_path, Tied(), None, {"epoch": 1})
+    forged = path / "trainer.pt"
+    torch.save({"epoch": 1, "payload": _RunsCode()}, forged)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["trainer.pt"] = {"bytes": forged.stat().st_size,
+                              "sha256": hashlib.sha256(forged.read_bytes()).hexdigest()}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    msg = str(info.value)
+    assert "trainer.pt was refused" in msg and "could run code" in msg
+    assert "\n" not in msg and "weights_only" not in msg  # one line, never advice to turn the check off
+
+
 def test_failed_save_leaves_previous_checkpoint_whole(tmp_path, monkeypatch):
     m = Tied()
     good = save_checkpoint(tmp_path, m, None, {"epoch": 1})

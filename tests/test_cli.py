@@ -87,6 +87,16 @@ def test_every_command_has_help():
         assert r.returncode == 0 and "usage: rnnkit" in r.stdout
 
 
+def test_resuming_a_finished_run_says_so_and_changes_nothing(trained_run):
+    tmp, _ = trained_run
+    run = tmp / "run"
+    before = {f: (run / f).read_bytes() for f in ("metrics.csv", "model.safetensors", "rnnkit-run.json")}
+    r = _run(tmp, "train", "--resume", "run")
+    assert r.returncode == 0, r.stderr
+    assert "already finished all its epochs: nothing to resume, and nothing was changed" in r.stdout
+    assert {f: (run / f).read_bytes() for f in before} == before
+
+
 def test_refuses_to_overwrite_a_run_unless_asked(trained_run):
     tmp, _ = trained_run
     r = _run(tmp, "train", *FAST, "--out", "run")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,7 +31,7 @@ from torch import nn
 
 from rnnkit.utils import atomic_write
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_plain",
            "capture_rng", "restore_rng", "atomic_write_text", "model_state_for_save", "load_weights"]
 
 _FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
@@ -176,11 +178,28 @@ def load_checkpoint(path: Path, map_location: Any = "cpu"
         weights = load_file(str(path / "model.safetensors"), device=str(device) if direct else "cpu")
         if not direct:
             weights = {k: v.to(device) for k, v in weights.items()}
-        opt_state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
-        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+        opt_state = load_plain(path / "optimizer.pt", map_location=device)
+        trainer = load_plain(path / "trainer.pt", map_location="cpu")
+    except CheckpointError:
+        raise
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} could not be read: {e}") from e
     return weights, opt_state, trainer
+
+
+def load_plain(file: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """`torch.load(file, weights_only=True)`: tensors and plain values only. A file holding anything else
+    (a pickle that could run code when loaded) is refused in one line, and is never loaded another way."""
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message (eight lines, ending in advice to pass weights_only=False) names a global or class
+        # when the pickle refers to code, and an unsupported operand when the bytes are not a pickle at all
+        if re.search(r"global|Unsupported class", str(e)):
+            raise CheckpointError(f"{file} was refused: it holds objects beyond tensors and plain values, which "
+                                  "could run code when loaded. Use a checkpoint rnnkit wrote, or start over.") from None
+        raise CheckpointError(f"{file} is corrupt or truncated, or not a file rnnkit wrote: it does not read as "
+                              "tensors and plain values. Use another checkpoint, or start over.") from None
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], what: str = "checkpoint") -> None:

@@ -113,7 +113,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         import json
 
-        from rnnkit.run import is_run
+        from rnnkit.run import is_run, run_state
 
         run = args.resume
         extra = [k for k in vars(args) if k not in ("command", "config", "resume", "overwrite", "no_sample",
@@ -123,6 +123,10 @@ def _train(args: argparse.Namespace) -> int:
                            if extra else f"--resume continues {run} with its saved config; drop --config")
         if not is_run(run):
             raise RunError(f"{run} is not a run folder (no rnnkit-run.json); nothing to resume")
+        if run_state(run) == "done":
+            print(f"{run} already finished all its epochs: nothing to resume, and nothing was changed. "
+                  "To train longer, start a new run with --out.")
+            return 0
         cfg = config_from_mapping(json.loads((run / "config.json").read_text(encoding="utf-8")),
                                   source=str(run / "config.json"))
         cfg.out = str(run)

@@ -47,7 +47,7 @@ from rnnkit.optim.recipes import SGD, Adam
 from rnnkit.text.learner import LMLearner, language_model_learner
 from rnnkit.utils import resolve_device
 
-__all__ = ["RunError", "RUN_MARKER", "prepare_run_folder", "build_learner", "train", "load_run",
+__all__ = ["RunError", "RUN_MARKER", "prepare_run_folder", "build_learner", "train", "load_run", "run_state",
            "model_config"]
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,14 @@ def _write_marker(run: Path, state: str) -> None:
 def is_run(path: Path) -> bool:
     """Whether `path` is a run folder."""
     return (path / RUN_MARKER).is_file()
+
+
+def run_state(path: Path) -> str | None:
+    """A run folder's state: 'running', 'interrupted', 'nan' or 'done' (None if its marker is unreadable)."""
+    try:
+        return str(json.loads((path / RUN_MARKER).read_text(encoding="utf-8")).get("state"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def prepare_run_folder(out: Path, overwrite: bool) -> None:

@@ -63,6 +63,12 @@ def test_csv_logger_writes_one_row_per_epoch(make_learner, tmp_path):
     assert float(rows[1]["valid_loss"]) == pytest.approx(learn.recorder.values[1][1], rel=1e-5)
 
 
+def test_csv_logger_writes_no_row_for_a_skipped_epoch(make_learner):
+    learn = make_learner(metrics=accuracy, cbs=CSVLogger())
+    learn.fit(3, start_epoch=2)  # as a resume skips the epochs already done
+    assert [r["epoch"] for r in learn.csv_logger.read_log()] == ["2"]
+
+
 def test_early_stopping_stops_and_says_when(make_learner, capsys):
     # lr so small the loss cannot improve by min_delta: stops after `patience` epochs.
     learn = make_learner(lr=1e-9, cbs=EarlyStoppingCallback(min_delta=1.0, patience=2))

@@ -35,8 +35,15 @@ class CSVLogger(Callback):
             self._writer.writerow(self.learn.get_cb(Recorder).metric_names)
             self._file.flush()
 
+    def before_epoch(self) -> None:
+        rec = self.learn.get_cb(Recorder)
+        self._n_rows = len(rec.values) if rec is not None else 0
+
     def after_epoch(self) -> None:
-        self._writer.writerow(["" if v is None else v for v in self.learn.get_cb(Recorder).log])
+        rec = self.learn.get_cb(Recorder)
+        if len(rec.values) == getattr(self, "_n_rows", -1):
+            return  # an epoch skipped (start_epoch, resume): the Recorder wrote no row, nor does the file
+        self._writer.writerow(["" if v is None else v for v in rec.log])
         if self._file is not None:
             self._file.flush()
 

@@ -18,6 +18,7 @@ from fastcore.basics import defaults
 from torch import nn
 
 from rnnkit.callbacks.fp16 import MixedPrecision
+from rnnkit.checkpoint import CheckpointError, load_plain
 from rnnkit.callbacks.progress import ProgressCallback
 from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SuggestedLRs, SkipToEpoch
 from rnnkit.memory import buffer_pool
@@ -157,7 +158,9 @@ def load_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = Tr
     if isinstance(device, int):
         device = torch.device("cuda", device)
     try:
-        obj = torch.load(target, map_location=device or "cpu", weights_only=True)
+        obj = load_plain(target, map_location=device or "cpu")
+    except CheckpointError:
+        raise  # refused: it could run code
     except Exception as e:
         raise ValueError(f"Could not read {target}: it is not a checkpoint saved by "
                          f"Learner.save, or it is corrupt or truncated ({e})") from e

@@ -154,6 +154,8 @@ def test_mismatched_vocabulary_and_corrupt_checkpoint_are_refused(tmp_path):
     f = ck / "model.safetensors"
     before = f.read_bytes()
     f.write_bytes(before[: len(before) // 2])
+    marker = tmp_path / "r" / "rnnkit-run.json"
+    marker.write_text(marker.read_text().replace('"done"', '"interrupted"'))  # a finished run is not resumed
     _assert_user_error(_run(tmp_path, "train", "--resume", "r"), "corrupt or truncated")
     (tmp_path / "r" / "model.safetensors").write_bytes(b"junk")
     _assert_user_error(_run(tmp_path, "generate", "r", "one"), "corrupt or truncated")

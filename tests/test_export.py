@@ -219,16 +219,15 @@ def test_a_model_rnnkit_cannot_rebuild_is_refused_and_an_older_export_survives(l
 
 
 def test_a_failed_write_leaves_the_older_export_whole(learn, tmp_path, monkeypatch):
-    import safetensors.torch
+    import rnnkit.utils
 
     path = _file(learn)
     before = path.read_bytes()
 
-    def fail(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half")
+    def fail(src, dst):  # the new file is written and synced; the rename that would replace the old one fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", fail)
+    monkeypatch.setattr(rnnkit.utils.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         export_learner(learn, "export.pkl")
     assert path.read_bytes() == before

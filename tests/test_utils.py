@@ -308,3 +308,22 @@ def test_resolve_device_checks_the_device_exists(monkeypatch):
     else:
         with pytest.raises(ValueError, match="CUDA device"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_atomic_write_takes_text_bytes_or_a_writer_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    from rnnkit.utils import atomic_write
+
+    target = tmp_path / "sub" / "f.bin"
+    atomic_write(target, "text")
+    assert target.read_text() == "text"
+    atomic_write(target, lambda f: torch.save({"w": torch.ones(2)}, f))
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(2))
+
+    def fail(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    before = target.read_bytes()
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fail)
+    assert target.read_bytes() == before and [p.name for p in target.parent.iterdir()] == ["f.bin"]

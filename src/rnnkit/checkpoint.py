@@ -32,18 +32,13 @@ from torch import nn
 from rnnkit.utils import atomic_write
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_plain",
-           "capture_rng", "restore_rng", "atomic_write_text", "model_state_for_save", "load_weights"]
+           "capture_rng", "restore_rng", "model_state_for_save", "load_weights"]
 
 _FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, truncated or does not fit the model."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    atomic_write(path, text)
 
 
 def _sha256(path: Path) -> str:
@@ -113,7 +108,7 @@ def save_checkpoint(ckpt_dir: Path, model: nn.Module, opt_state: dict[str, Any] 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    atomic_write_text(ckpt_dir / "LATEST", name + "\n")
+    atomic_write(ckpt_dir / "LATEST", name + "\n")
     for old in sorted(p for p in ckpt_dir.glob("ckpt-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return ckpt_dir / name

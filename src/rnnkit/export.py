@@ -51,7 +51,8 @@ from rnnkit.optim.more import QHAdam, RAdam, Lamb, Larc
 from rnnkit.optim.recipes import SGD, Adam, RMSProp
 from rnnkit.text.learner import LMLearner, TextLearner, awd_lstm_lm_split
 from rnnkit.training.learner import Learner, trainable_params
-from rnnkit.utils import default_device
+from rnnkit.utils import atomic_write, default_device
+from safetensors.torch import save as safetensors_bytes
 
 __all__ = ["ExportError", "export_learner", "load_learner"]
 
@@ -325,24 +326,8 @@ def export_learner(learn: Learner, fname: str | os.PathLike = "export.pkl", pick
     text = json.dumps(config, ensure_ascii=False, sort_keys=True)
     metadata = {"format": _FORMAT, "version": str(_VERSION), "config": text,
                 "config_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
-    _atomic_save_file(tensors, metadata, target)
+    atomic_write(target, safetensors_bytes(tensors, metadata=metadata))
     return target
-
-
-def _atomic_save_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], target: Path) -> None:
-    from safetensors.torch import save_file
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---- load -------------------------------------------------------------------------------------

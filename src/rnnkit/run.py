@@ -34,7 +34,7 @@ from rnnkit.callbacks.rnn import RNNTrainer
 from rnnkit.callbacks.throughput import Throughput
 from rnnkit.callbacks.tracker import TerminateOnNaNCallback
 from rnnkit.checkpoint import (
-    CheckpointError, atomic_write_text, latest_checkpoint, load_checkpoint, load_weights,
+    CheckpointError, latest_checkpoint, load_checkpoint, load_weights,
     model_state_for_save,
 )
 from rnnkit.config import TrainConfig, config_from_mapping
@@ -45,7 +45,7 @@ from rnnkit.data.vocab import Vocab
 from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS, AWDLSTMConfig
 from rnnkit.optim.recipes import SGD, Adam
 from rnnkit.text.learner import LMLearner, language_model_learner
-from rnnkit.utils import resolve_device
+from rnnkit.utils import atomic_write, resolve_device
 
 __all__ = ["RunError", "RUN_MARKER", "prepare_run_folder", "build_learner", "train", "load_run", "run_state",
            "model_config"]
@@ -69,7 +69,7 @@ def model_config(cfg: TrainConfig) -> AWDLSTMConfig:
 
 
 def _write_marker(run: Path, state: str) -> None:
-    atomic_write_text(run / RUN_MARKER, json.dumps({"format": "rnnkit-run", "version": 1, "state": state}))
+    atomic_write(run / RUN_MARKER, json.dumps({"format": "rnnkit-run", "version": 1, "state": state}))
 
 
 def is_run(path: Path) -> bool:
@@ -175,7 +175,7 @@ def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[s
     torch.manual_seed(cfg.seed)
     dls = build_dls(cfg, vocab if resume else None)
     if not resume:
-        atomic_write_text(run / "config.json", cfg.to_json())
+        atomic_write(run / "config.json", cfg.to_json())
         dls.vocab.save(run / "vocab.json")
         _write_marker(run, "running")
     learn = build_learner(cfg, dls)
@@ -219,12 +219,10 @@ def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[s
 
 
 def atomic_save_weights(learn: LMLearner, path: Path) -> None:
-    """The model's weights as safetensors, through a temporary file and a rename."""
-    from safetensors.torch import save_file
+    """The model's weights as safetensors, written atomically (`utils.atomic_write`)."""
+    from safetensors.torch import save
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(model_state_for_save(learn.model), str(tmp))
-    tmp.replace(path)
+    atomic_write(path, save(model_state_for_save(learn.model)))
 
 
 def load_run(run: Path, data: str | None = None, need_data: bool = True,

@@ -6,8 +6,6 @@ import copy
 import functools
 import inspect
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -33,7 +31,7 @@ from rnnkit.training.events import (
 )
 from rnnkit.training.recorder import Recorder
 from rnnkit.torch_core import to_detach
-from rnnkit.utils import L, noop, to_device
+from rnnkit.utils import L, atomic_write, noop, to_device
 
 __all__ = ["Learner", "trainable_params", "norm_bias_params", "load_model_state", "save_model", "load_model",
            "before_batch_cb"]
@@ -74,10 +72,6 @@ _LOOP = ("Start Fit", "before_fit", "Start Epoch Loop", "before_epoch", "Start T
          "after_cancel_fit", "after_fit")
 
 
-def _cb_key(x: Any) -> Any:
-    return x if isinstance(x, type) else type(x)
-
-
 def _sort_cbs(cbs: list[Callback]) -> list[Callback]:
     """Order callbacks by `order`, honouring `run_before`/`run_after` (classes or names)."""
 
@@ -106,22 +100,6 @@ def _sort_cbs(cbs: list[Callback]) -> list[Callback]:
     return out
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash keeps the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
     """Load `state` into `model`, with an error that lists mismatched names and shapes."""
     own = model.state_dict()
@@ -147,7 +125,7 @@ def save_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = Tr
     obj: dict[str, Any] = {"model": model.state_dict()}
     if with_opt and opt is not None:
         obj["opt"] = opt.state_dict()
-    _atomic_save(obj, Path(file))
+    atomic_write(file, lambda f: torch.save(obj, f))
 
 
 def load_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = True, device: Any = None,

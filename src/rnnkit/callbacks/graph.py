@@ -21,7 +21,7 @@ class ShowGraphCallback(Callback):
 
     order = 65  # after ProgressCallback (60), as in fastai
     run_valid = False
-    _skip_in_lr_find = True
+    skip_in_lr_find = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -35,7 +35,7 @@ class NTASGD(Callback):
     """Average the weights from the point where `monitor` stopped improving for `n` checks."""
 
     order = Recorder.order + 10  # reads the row the Recorder writes in after_epoch
-    _skip_in_lr_find = True
+    skip_in_lr_find = True
 
     def __init__(self, monitor: str = "valid_loss", n: int = 5, comp: Callable | None = None) -> None:
         super().__init__()

@@ -103,7 +103,7 @@ class TensorBoardBaseCallback(Callback):
     """Base class of the TensorBoard callbacks: owns the `SummaryWriter` (`self.writer`) for a fit."""
 
     order = Recorder.order + 1  # reads the row the Recorder writes in after_epoch
-    _skip_in_lr_find = True
+    skip_in_lr_find = True
 
     def __init__(self, log_dir: str | Path | None = None) -> None:
         super().__init__()

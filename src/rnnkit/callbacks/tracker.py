@@ -37,7 +37,7 @@ class TrackerCallback(Callback):
     """Track the best value of `monitor` (a column of the epoch table) across epochs."""
 
     order = Recorder.order + 10  # reads the row the Recorder writes in after_epoch
-    _skip_in_lr_find = True
+    skip_in_lr_find = True
 
     def __init__(self, monitor: str = "valid_loss", comp: Callable | None = None,
                  min_delta: float = 0.0, reset_on_fit: bool = True) -> None:

@@ -41,6 +41,9 @@ class Callback:
     run_valid: bool = True
     run_before: Any = None
     run_after: Any = None
+    # True for callbacks that must not see `lr_find`'s trial fit (trackers, averaging, plots of the run):
+    # `Learner.lr_find` takes them out for its duration, as fastai's trackers switch themselves off.
+    skip_in_lr_find: bool = False
 
     def __init__(self, **event_funcs: Callable) -> None:
         for name, func in event_funcs.items():

@@ -579,7 +579,7 @@ class Learner:
         if self.opt is None:
             self.create_opt()
         opt_state = copy.deepcopy(self.opt.state_dict())  # before fit changes the hypers
-        with self.no_logging(), self.removed_cbs([c for c in self._cbs if getattr(c, "_skip_in_lr_find", False)]):
+        with self.no_logging(), self.removed_cbs([c for c in self._cbs if c.skip_in_lr_find]):
             self.fit(n_epoch, cbs=cb)
         self.opt.load_state_dict(opt_state)
         return cb.suggest(self.get_cb(Recorder), suggest_funcs, show_plot=show_plot)

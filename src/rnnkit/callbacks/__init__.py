@@ -19,9 +19,11 @@ from rnnkit.callbacks.tracker import (
 )
 from rnnkit.callbacks.training import BnFreeze, GradientAccumulation, ShortEpochCallback, bn_types, set_bn_eval
 
-__all__ = ["NTASGD", "Checkpointer", 
-    "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback", "FetchPredsCallback", "ProgressCallback", "Throughput",
-    "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs", "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",
+__all__ = [
+    "NTASGD", "Checkpointer", "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback",
+    "FetchPredsCallback", "ProgressCallback", "Throughput",
+    "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs",
+    "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",
     "EarlyStoppingCallback", "SaveModelCallback", "TerminateOnNaNCallback", "TrackerCallback",
     "ReduceLROnPlateau", "GradientAccumulation", "ShowGraphCallback",
     "ShortEpochCallback", "bn_types", "set_bn_eval", "BnFreeze",

@@ -92,7 +92,8 @@ class FetchPredsCallback(Callback):
                  cbs: Any = None, reorder: bool = True) -> None:
         super().__init__()
         self.cbs = L(cbs)
-        self.ds_idx, self.dl, self.with_input, self.with_decoded, self.reorder = ds_idx, dl, with_input, with_decoded, reorder
+        self.ds_idx, self.dl, self.with_input = ds_idx, dl, with_input
+        self.with_decoded, self.reorder = with_decoded, reorder
 
     def after_validate(self) -> None:
         learn = self.learn

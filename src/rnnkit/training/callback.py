@@ -155,8 +155,8 @@ class Callback:
 
     def __setattr__(self, name: str, value: Any) -> None:
         learn = self.__dict__.get("learn")
-        if (learn is not None and not name.startswith("_") and name not in self.__dict__ and not hasattr(type(self), name)
-                and hasattr(learn, name)):
+        if (learn is not None and not name.startswith("_") and name not in self.__dict__
+                and not hasattr(type(self), name) and hasattr(learn, name)):
             warnings.warn(f"You are shadowing an attribute ({name}) that exists in the learner. "
                           f"Use `self.learn.{name}` to avoid this", stacklevel=2)
         super().__setattr__(name, value)

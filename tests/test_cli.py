@@ -192,6 +192,9 @@ def test_interrupted_run_resumes_with_identical_losses(tmp_path):
     assert "Interrupted: saved a checkpoint" in out and "rnnkit train --resume" in out
     done_before = len(_metrics(tmp_path / "part" / "metrics.csv"))
     assert done_before < 3
+    # A kill between an epoch's metrics row and its checkpoint leaves a row the resumed epoch writes again.
+    with open(tmp_path / "part" / "metrics.csv", "a") as f:
+        f.write(f"{done_before},9,9,9,9,00:00\n")
     r = _run(tmp_path, "train", "--resume", "part")
     assert r.returncode == 0, r.stderr
     assert _metrics(tmp_path / "part" / "metrics.csv") == _metrics(tmp_path / "full" / "metrics.csv")

@@ -200,6 +200,8 @@ def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[s
             raise RunError("the LR finder could not suggest a learning rate; give --lr instead")
         lr = float(res.valley)
         log_fn(f"lr_find: using lr {lr:.2e} (valley); plot in {run / 'lr_find.png'}")
+    if resume:
+        _keep_rows_before(run / "metrics.csv", trainer_state["epoch"])
     ckpt = Checkpointer(run / "checkpoints", every_n_batches=cfg.checkpoint_every, resume=trainer_state,
                         extra_state={"lr": lr})
     learn.add_cbs([CSVLogger("metrics.csv", append=resume), ckpt])  # relative to learn.path, the run
@@ -216,6 +218,18 @@ def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[s
     _write_marker(run, state)
     summary["learn"] = learn
     return summary
+
+
+def _keep_rows_before(csv_path: Path, epoch: int) -> None:
+    """Drop metrics.csv rows of epochs from `epoch` on: a run killed after writing an epoch's row but before
+    that epoch's checkpoint resumes the epoch from an earlier checkpoint and writes the row again."""
+    if not csv_path.is_file():
+        return
+    lines = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = lines[:1] + [ln for ln in lines[1:] if ln.split(",", 1)[0].strip().isdigit()
+                        and int(ln.split(",", 1)[0]) < epoch]
+    if kept != lines:
+        atomic_write(csv_path, "".join(kept))
 
 
 def atomic_save_weights(learn: LMLearner, path: Path) -> None:

@@ -17,7 +17,7 @@ from rnnkit.data.human_numbers import human_numbers_tokens
 from rnnkit.data.numericalize import numericalize_file, numericalize_tokens, read_text
 from rnnkit.data.stream import TokenStream
 from rnnkit.data.tokenize import (
-    CharTokenizer, PreTokenizedTokenizer, SubwordTokenizer, Tokenizer, _BaseTokenizer,
+    CharTokenizer, PreTokenizedTokenizer, SubwordTokenizer, Tokenizer, BaseTokenizer,
 )
 from rnnkit.data.vocab import Vocab
 
@@ -31,7 +31,7 @@ class Corpus:
 
     name: str
     vocab: Vocab
-    tokenizer: _BaseTokenizer
+    tokenizer: BaseTokenizer
     splits: dict[str, TokenStream] = field(default_factory=dict)
 
     def __getitem__(self, split: str) -> TokenStream:
@@ -59,7 +59,7 @@ def _check_folder(path: str | os.PathLike | None, corpus: str) -> Path:
     return folder
 
 
-def _read_splits(name: str, folder: Path, files: dict[str, list[str]], tok: _BaseTokenizer,
+def _read_splits(name: str, folder: Path, files: dict[str, list[str]], tok: BaseTokenizer,
                  **vocab_kwargs: Any) -> Corpus:
     """Train (builds the vocabulary), valid (required) and test (optional) splits of a folder."""
     train_ids, vocab = numericalize_file(_find(folder, files["train"], "training"), tok, **vocab_kwargs)
@@ -119,7 +119,7 @@ def read_human_numbers(path: str | os.PathLike | None = None, valid_pct: float =
                   {"train": TokenStream.from_array(ids[:cut]), "valid": TokenStream.from_array(ids[cut:])})
 
 
-def read_folder(path: str | os.PathLike | None, tokenizer: _BaseTokenizer | str = "word",
+def read_folder(path: str | os.PathLike | None, tokenizer: BaseTokenizer | str = "word",
                 **vocab_kwargs: Any) -> Corpus:
     """Your own text: `train.txt` and `valid.txt` (and optionally `test.txt`) in a folder."""
     folder = _check_folder(path, "folder")

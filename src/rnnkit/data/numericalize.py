@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnnkit.data.tokenize import PreTokenizedTokenizer, Tokenizer, _BaseTokenizer
+from rnnkit.data.tokenize import PreTokenizedTokenizer, Tokenizer, BaseTokenizer
 from rnnkit.data.vocab import Vocab
 
 __all__ = ["Numericalize", "numericalize_tokens", "numericalize_file", "read_text"]
@@ -111,7 +111,7 @@ class Numericalize:
 
 def numericalize_file(
     path: str | Path,
-    tokenizer: _BaseTokenizer | str = "pretokenized",
+    tokenizer: BaseTokenizer | str = "pretokenized",
     vocab: Vocab | None = None,
     **vocab_kwargs: Any,
 ) -> tuple[np.ndarray, Vocab]:

@@ -13,7 +13,7 @@ from rnnkit.data.corpora import Corpus, read_corpus, read_folder
 from rnnkit.data.lm_loader import LMDataLoader
 from rnnkit.data.numericalize import numericalize_tokens
 from rnnkit.data.stream import TokenStream
-from rnnkit.data.tokenize import Tokenizer, _BaseTokenizer
+from rnnkit.data.tokenize import Tokenizer, BaseTokenizer
 from rnnkit.data.vocab import Vocab
 
 __all__ = ["TextDataLoaders"]
@@ -26,7 +26,7 @@ class TextDataLoaders(DataLoaders):
     AWD-LSTM's random length); validation uses the fixed length and never shuffles.
     """
 
-    def __init__(self, *loaders: Any, vocab: Vocab, tokenizer: _BaseTokenizer | None = None,
+    def __init__(self, *loaders: Any, vocab: Vocab, tokenizer: BaseTokenizer | None = None,
                  path: str | os.PathLike = ".", device: Any = None) -> None:
         super().__init__(*loaders, path=Path(path), device=device)
         self.vocab, self.tokenizer = vocab, tokenizer
@@ -34,7 +34,7 @@ class TextDataLoaders(DataLoaders):
     @classmethod
     def from_streams(cls, train: TokenStream, valid: TokenStream, vocab: Vocab, bs: int = 64,
                      seq_len: int = 72, random_bptt: bool = False, shuffle: bool = False,
-                     seed: int | None = None, tokenizer: _BaseTokenizer | None = None,
+                     seed: int | None = None, tokenizer: BaseTokenizer | None = None,
                      path: str | os.PathLike = ".", device: Any = None, **kwargs: Any) -> TextDataLoaders:
         """Loaders over already-numericalized train and valid streams."""
         for name, st in (("train", train), ("valid", valid)):
@@ -58,7 +58,7 @@ class TextDataLoaders(DataLoaders):
                                 tokenizer=corpus.tokenizer, path=path or ".", **kwargs)
 
     @classmethod
-    def from_folder(cls, path: str | os.PathLike, tokenizer: _BaseTokenizer | str = "word", bs: int = 64,
+    def from_folder(cls, path: str | os.PathLike, tokenizer: BaseTokenizer | str = "word", bs: int = 64,
                     seq_len: int = 72, vocab_kwargs: dict[str, Any] | None = None,
                     **kwargs: Any) -> TextDataLoaders:
         """Loaders over `train.txt`/`valid.txt` in a folder, tokenized with `tokenizer`."""
@@ -67,7 +67,7 @@ class TextDataLoaders(DataLoaders):
 
     @classmethod
     def from_texts(cls, train_texts: Sequence[str], valid_texts: Sequence[str],
-                   tokenizer: _BaseTokenizer | str = "word", vocab: Vocab | None = None, bs: int = 64,
+                   tokenizer: BaseTokenizer | str = "word", vocab: Vocab | None = None, bs: int = 64,
                    seq_len: int = 72, vocab_kwargs: dict[str, Any] | None = None,
                    **kwargs: Any) -> TextDataLoaders:
         """Loaders over lists of documents; documents are shuffled between epochs when `shuffle=True`."""

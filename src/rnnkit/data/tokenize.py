@@ -42,7 +42,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (UNK, PAD, BOS, EOS, FLD, TK_REP, TK_WREP, TK_
 defaults_spec_tok = SPECIAL_TOKENS  # fastai's name for the same list
 
 
-class _BaseTokenizer(ABC):
+class BaseTokenizer(ABC):
     """What every tokenizer offers: `encode`, `decode`, and calling it encodes."""
 
     @abstractmethod
@@ -61,7 +61,7 @@ class _BaseTokenizer(ABC):
         return f"{type(self).__name__}({args})"
 
 
-class WhitespaceTokenizer(_BaseTokenizer):
+class WhitespaceTokenizer(BaseTokenizer):
     """Split on `sep` (the book's `text.split(' ')`); `sep=None` splits on any whitespace run."""
 
     def __init__(self, sep: str | None = " ") -> None:
@@ -76,7 +76,7 @@ class WhitespaceTokenizer(_BaseTokenizer):
         return (" " if self.sep is None else self.sep).join(tokens)
 
 
-class CharTokenizer(_BaseTokenizer):
+class CharTokenizer(BaseTokenizer):
     """One token per character."""
 
     def encode(self, text: str) -> list[str]:
@@ -88,7 +88,7 @@ class CharTokenizer(_BaseTokenizer):
         return "".join(tokens)
 
 
-class PreTokenizedTokenizer(_BaseTokenizer):
+class PreTokenizedTokenizer(BaseTokenizer):
     """For PTB and WikiText: `line.split()` per line plus one `eos` per line (an empty line gives just `eos`).
 
     Tokens such as `<unk>` and `@-@` pass through untouched. `decode` joins a line's
@@ -228,7 +228,7 @@ def _attaches_before(tok: str) -> bool:
     return low in _CONTRACTIONS or (tok != "" and all(c in ".,;:!?…" for c in tok)) or tok in _NO_SPACE_BEFORE
 
 
-class WordTokenizer(_BaseTokenizer):
+class WordTokenizer(BaseTokenizer):
     """fastai's processing of raw English text, with a regex word splitter in place of spaCy.
 
     Text rules: `fix_html`, `replace_rep`, `replace_wrep`, `spec_add_spaces`,
@@ -345,7 +345,7 @@ def _default_vocab_sz(lines: list[str], max_vocab_sz: int) -> int:
     return min(max(sz, 32), max_vocab_sz)
 
 
-class SubwordTokenizer(_BaseTokenizer):
+class SubwordTokenizer(BaseTokenizer):
     """Subword pieces from a SentencePiece `model_type` model ('unigram' or 'bpe') trained by `setup(texts)`.
 
     Training uses the 'identity' normalization and keeps whitespace, so `decode(encode(text))`
@@ -469,7 +469,7 @@ class SubwordTokenizer(_BaseTokenizer):
 
 # ---------------------------------------------------------------------------------------
 
-_TOKENIZERS: dict[str, type[_BaseTokenizer]] = {
+_TOKENIZERS: dict[str, type[BaseTokenizer]] = {
     "whitespace": WhitespaceTokenizer,
     "word": WordTokenizer,
     "char": CharTokenizer,
@@ -478,16 +478,16 @@ _TOKENIZERS: dict[str, type[_BaseTokenizer]] = {
 }
 
 
-class Tokenizer(_BaseTokenizer):
+class Tokenizer(BaseTokenizer):
     """Wrap a tokenizer (an instance or a name; `WordTokenizer()` by default) behind fastai's `Tokenizer` name."""
 
-    def __init__(self, tok: _BaseTokenizer | str | None = None) -> None:
+    def __init__(self, tok: BaseTokenizer | str | None = None) -> None:
         if tok is None:
             tok = WordTokenizer()
         self.tok = self.from_name(tok) if isinstance(tok, str) else tok
 
     @staticmethod
-    def from_name(name: str, **kwargs: Any) -> _BaseTokenizer:
+    def from_name(name: str, **kwargs: Any) -> BaseTokenizer:
         """A new tokenizer by name: 'whitespace', 'word', 'char', 'pretokenized' or 'subword'."""
         try:
             cls = _TOKENIZERS[name]
@@ -505,7 +505,7 @@ class Tokenizer(_BaseTokenizer):
         return self.tok.decode(tokens)
 
 
-def tokenize_texts(tok: _BaseTokenizer | str, texts: Iterable[str]) -> list[list[str]]:
+def tokenize_texts(tok: BaseTokenizer | str, texts: Iterable[str]) -> list[list[str]]:
     """Tokenize each text of a corpus with `tok` (a tokenizer or its name)."""
     if isinstance(texts, str):
         raise TypeError("tokenize_texts takes an iterable of texts, got one str; wrap it in a list.")

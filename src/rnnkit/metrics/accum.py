@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.metrics.core import Metric, _func_name
+from rnnkit.metrics.core import Metric, func_name
 
 __all__ = [
     "flatten_check", "ActivationType", "AccumMetric",
@@ -41,7 +41,7 @@ class ActivationType:
 _ACTIVATIONS = (ActivationType.No, ActivationType.Sigmoid, ActivationType.Softmax, ActivationType.BinarySoftmax)
 
 
-def _target(learn: Any) -> Any:
+def target_of(learn: Any) -> Any:
     """`learn.y`: the single target, or the tuple of targets."""
     yb = learn.yb
     return yb[0] if len(yb) == 1 else yb
@@ -85,7 +85,7 @@ class AccumMetric(Metric):
                              f".Sigmoid, .Softmax or .BinarySoftmax ({', '.join(map(repr, _ACTIVATIONS))}).")
         self.func, self.dim_argmax, self.activation, self.thresh = func, dim_argmax, activation, thresh
         self.to_np, self.invert_args, self.flatten, self.kwargs = to_np, invert_arg, flatten, kwargs
-        self._name = _func_name(func) if name is None else name
+        self._name = func_name(func) if name is None else name
         self.reset()
 
     def reset(self) -> None:
@@ -106,7 +106,7 @@ class AccumMetric(Metric):
             pred = pred.argmax(dim=self.dim_argmax)
         if self.thresh is not None:
             pred = pred >= self.thresh
-        self.accum_values(pred, _target(learn), learn)
+        self.accum_values(pred, target_of(learn), learn)
 
     def accum_values(self, preds: Tensor, targs: Tensor, learn: Any = None) -> None:
         """Store `preds` and `targs` as they are (detached, flattened if `flatten`); `learn` is unused."""

@@ -26,7 +26,8 @@ def _camel2snake(name: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
 
 
-def _func_name(func: Callable) -> str:
+def func_name(func: Callable) -> str:
+    """A metric function's name, through `functools.partial` wrappers."""
     while isinstance(func, functools.partial):
         func = func.func
     return getattr(func, "__name__", type(func).__name__)
@@ -44,7 +45,8 @@ def _find_bs(b: Any) -> int | None:
     return None
 
 
-def _batch_size(learn: Any) -> int:
+def batch_size_of(learn: Any) -> int:
+    """The batch size of `learn.yb` (the weight of this batch in an average)."""
     bs = _find_bs(getattr(learn, "yb", ()))
     if bs is None:  # no targets (e.g. a self-supervised loss): count the inputs instead
         bs = _find_bs(getattr(learn, "xb", ()))
@@ -53,14 +55,16 @@ def _batch_size(learn: Any) -> int:
     return bs
 
 
-def _detach(x: Any) -> Any:
+def detached(x: Any) -> Any:
+    """`x` without autograd history, left on its device (no sync)."""
     if isinstance(x, Tensor):
         x = x.detach()
         return x if x.is_floating_point() else x.float()
     return x
 
 
-def _to_float(x: Any) -> float:
+def to_float(x: Any) -> float:
+    """A Python float from a number or a one-element tensor."""
     return x.item() if isinstance(x, Tensor) else float(x)
 
 
@@ -101,8 +105,8 @@ class AvgMetric(Metric):
 
     def accumulate(self, learn: Any) -> None:
         """Add this batch's metric, weighted by its batch size."""
-        bs = _batch_size(learn)
-        self.total += _detach(self.func(learn.pred, *learn.yb)) * bs
+        bs = batch_size_of(learn)
+        self.total += detached(self.func(learn.pred, *learn.yb)) * bs
         self.count += bs
 
     @property
@@ -113,7 +117,7 @@ class AvgMetric(Metric):
     @property
     def name(self) -> str:
         """The function's name."""
-        return _func_name(self.func)
+        return func_name(self.func)
 
 
 class AvgLoss(Metric):
@@ -128,8 +132,8 @@ class AvgLoss(Metric):
 
     def accumulate(self, learn: Any) -> None:
         """Add this batch's mean loss, weighted by its batch size."""
-        bs = _batch_size(learn)
-        self.total += _detach(learn.loss).mean() * bs
+        bs = batch_size_of(learn)
+        self.total += detached(learn.loss).mean() * bs
         self.count += bs
 
     @property
@@ -159,7 +163,7 @@ class AvgSmoothLoss(Metric):
 
     def accumulate(self, learn: Any) -> None:
         """Fold this batch's mean loss into the average."""
-        loss = _detach(learn.loss).mean()
+        loss = detached(learn.loss).mean()
         if self.val.device != loss.device or self.val.dtype != loss.dtype:
             self.val = self.val.to(loss)
         self.count += 1
@@ -185,7 +189,7 @@ class ValueMetric(Metric):
     @property
     def name(self) -> str:
         """`metric_name` if given, else the function's name."""
-        return self.metric_name or _func_name(self.func)
+        return self.metric_name or func_name(self.func)
 
 
 class Perplexity(AvgLoss):

@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from rnnkit.metrics.accum import AccumMetric, ActivationType
-from rnnkit.metrics.core import _func_name
+from rnnkit.metrics.core import func_name
 
 __all__ = [
     "skm_to_fastai", "optim_metric",
@@ -62,7 +62,7 @@ def optim_metric(f: Callable[..., Any], argname: str, bounds: tuple[float, float
         fun = -optres.fun if do_neg else optres.fun
         return (fun, optres.x) if get_x else fun
 
-    _f.__name__ = f"opt_{_func_name(f)}"
+    _f.__name__ = f"opt_{func_name(f)}"
     return _f
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from rnnkit.metrics.core import AvgMetric, _batch_size, _detach
+from rnnkit.metrics.core import AvgMetric, batch_size_of, detached
 
 __all__ = ["LossMetric", "LossMetrics"]
 
@@ -17,8 +17,8 @@ class LossMetric(AvgMetric):
 
     def accumulate(self, learn: Any) -> None:
         """Add the loss function's `attr` for this batch (0 if it has none), weighted by the batch size."""
-        bs = _batch_size(learn)
-        self.total += _detach(getattr(learn.loss_func, self.attr, 0)) * bs
+        bs = batch_size_of(learn)
+        self.total += detached(getattr(learn.loss_func, self.attr, 0)) * bs
         self.count += bs
 
     @property

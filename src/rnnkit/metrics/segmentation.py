@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rnnkit.metrics.accum import _target, flatten_check
-from rnnkit.metrics.core import Metric, _to_float
+from rnnkit.metrics.accum import target_of, flatten_check
+from rnnkit.metrics.core import Metric, to_float
 
 __all__ = ["foreground_acc", "Dice", "JaccardCoeff", "DiceMulti"]
 
@@ -38,14 +38,14 @@ class Dice(Metric):
 
     def accumulate(self, learn: Any) -> None:
         """Add this batch's intersection and summed areas."""
-        pred, targ = flatten_check(learn.pred.detach().argmax(dim=self.axis), _target(learn))
+        pred, targ = flatten_check(learn.pred.detach().argmax(dim=self.axis), target_of(learn))
         self.inter = self.inter + (pred * targ).float().sum()
         self.union = self.union + (pred + targ).float().sum()
 
     @property
     def value(self) -> float | None:
         """Dice as a float, or None while both masks are empty."""
-        inter, union = _to_float(self.inter), _to_float(self.union)
+        inter, union = to_float(self.inter), to_float(self.union)
         return 2.0 * inter / union if union > 0 else None
 
 
@@ -55,7 +55,7 @@ class JaccardCoeff(Dice):
     @property
     def value(self) -> float | None:
         """IoU as a float, or None while both masks are empty."""
-        inter, union = _to_float(self.inter), _to_float(self.union)
+        inter, union = to_float(self.inter), to_float(self.union)
         return inter / (union - inter) if union > 0 else None
 
 
@@ -85,7 +85,7 @@ class DiceMulti(Metric):
     def accumulate(self, learn: Any) -> None:
         """Add this batch's per-class intersections and summed areas."""
         n = learn.pred.shape[self.axis]
-        pred, targ = flatten_check(learn.pred.detach().argmax(dim=self.axis), _target(learn).detach())
+        pred, targ = flatten_check(learn.pred.detach().argmax(dim=self.axis), target_of(learn).detach())
         targ_cls = targ.long()
         valid = (targ_cls == targ) & (targ_cls >= 0) & (targ_cls < n)
         inter = _class_counts(pred, n, valid & (pred == targ_cls))

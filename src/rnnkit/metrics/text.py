@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from rnnkit.metrics.accum import _target
+from rnnkit.metrics.accum import target_of
 from rnnkit.metrics.core import Metric
 
 __all__ = ["CorpusBLEUMetric"]
@@ -38,7 +38,7 @@ class CorpusBLEUMetric(Metric):
         """Keep this validation batch's predicted and target token ids; training batches are skipped."""
         if getattr(learn, "training", False):
             return
-        self._pending.append((learn.pred.detach().argmax(dim=self.axis), _target(learn).detach()))
+        self._pending.append((learn.pred.detach().argmax(dim=self.axis), target_of(learn).detach()))
 
     @staticmethod
     def _matches(pred: Sequence[int], targ: Sequence[int], n: int) -> tuple[int, int]:

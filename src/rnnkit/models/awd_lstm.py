@@ -220,7 +220,8 @@ class SequentialRNN(nn.Sequential):
                 reset()
 
 
-def _as_config(config: dict[str, Any] | AWDLSTMConfig | str | None) -> dict[str, Any]:
+def as_config(config: dict[str, Any] | AWDLSTMConfig | str | None) -> dict[str, Any]:
+    """An AWD-LSTM config as a dict: from None (the LM defaults), a dict, an `AWDLSTMConfig` or a preset name."""
     if config is None:
         return dict(awd_lstm_lm_config)
     if isinstance(config, str):
@@ -246,7 +247,7 @@ def get_language_model(arch: type[nn.Module], vocab_sz: int,
         config: fastai-style dict, `AWDLSTMConfig`, or a name in `AWD_LSTM_CONFIGS`; default fastai's LM config.
         drop_mult: multiplies all five dropout probabilities (`output_p, hidden_p, input_p, embed_p, weight_p`).
     """
-    cfg = _as_config(config)
+    cfg = as_config(config)
     for k in cfg:
         if k.endswith("_p"):
             cfg[k] = cfg[k] * drop_mult

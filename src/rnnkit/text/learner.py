@@ -12,7 +12,7 @@ from torch import nn
 from rnnkit.callbacks.rnn import rnn_cbs
 from rnnkit.losses import CrossEntropyLossFlat
 from rnnkit.metrics import Perplexity, accuracy
-from rnnkit.models.awd_lstm import AWD_LSTM, AWDLSTMConfig, _as_config, get_language_model
+from rnnkit.models.awd_lstm import AWD_LSTM, AWDLSTMConfig, as_config, get_language_model
 from rnnkit.training.learner import Learner
 
 __all__ = ["TextLearner", "LMLearner", "language_model_learner", "awd_lstm_lm_split"]
@@ -158,7 +158,7 @@ def language_model_learner(dls: Any, arch: type[nn.Module] = AWD_LSTM,
     vocab = getattr(dls, "vocab", None)
     if vocab is None:
         raise ValueError("language_model_learner needs dls.vocab (use TextDataLoaders)")
-    cfg = _as_config(config)
+    cfg = as_config(config)
     if "pad_token" in cfg or arch is AWD_LSTM:
         cfg["pad_token"] = getattr(vocab, "pad_idx", None)  # no padding row unless the vocab has one
     model = get_language_model(arch, len(vocab), cfg, drop_mult=drop_mult)

@@ -32,9 +32,8 @@ from rnnkit.optim import *
 from rnnkit.schedules import *
 from rnnkit.training.callback import CastToTensor, Callback, TrainEvalCallback
 from rnnkit.training.events import *
-from rnnkit.training.learner import (
-    Learner, before_batch_cb, load_model, load_model_state, norm_bias_params, save_model, trainable_params,
-)
+from rnnkit.training.learner import Learner, before_batch_cb, norm_bias_params, trainable_params
+from rnnkit.checkpoint import load_model, load_model_state, save_model
 from rnnkit.training.recorder import Recorder
 from rnnkit.utils import *
 from rnnkit.torch_core import *

@@ -22,6 +22,7 @@ import random
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from torch import nn
 from rnnkit.utils import atomic_write
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_plain",
-           "capture_rng", "restore_rng", "model_state_for_save", "load_weights"]
+           "capture_rng", "restore_rng", "model_state_for_save", "load_weights", "load_model_state",
+           "save_model", "load_model"]
 
 _FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
 
@@ -212,3 +214,60 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], what: str =
         raise CheckpointError(f"the {what} does not match this model (" + "; ".join(parts) + "); "
                               "its vocabulary or model config differs from the run's")
     model.load_state_dict(weights, strict=False)
+
+
+# ---- Learner.save / Learner.load (fastai's save_model / load_model) --------------------------------
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+    """Load `state` into `model`, with an error that lists mismatched names and shapes."""
+    own = model.state_dict()
+    if strict:
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own if k in state and own[k].shape != state[k].shape]
+        if missing or unexpected or wrong:
+            parts = ([f"missing {missing[:5]}"] if missing else []) + \
+                    ([f"unexpected {unexpected[:5]}"] if unexpected else []) + wrong[:5]
+            raise ValueError("The checkpoint does not match this model (" + "; ".join(parts) +
+                             "). Build the model with the same configuration and vocabulary "
+                             "as the one that was saved, or pass strict=False.")
+    model.load_state_dict(state, strict=strict)
+
+
+def save_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = True,
+               pickle_protocol: int | None = None) -> None:
+    """Save `model`'s state (and `opt`'s, if `with_opt`) to `file`, atomically: tensors and plain values
+    only, which `load_model` reads without unpickling code. (`pickle_protocol` is accepted for fastai's
+    signature and unused.)"""
+    obj: dict[str, Any] = {"model": model.state_dict()}
+    if with_opt and opt is not None:
+        obj["opt"] = opt.state_dict()
+    atomic_write(file, lambda f: torch.save(obj, f))
+
+
+def load_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = True, device: Any = None,
+               strict: bool = True) -> None:
+    """Load what `save_model` wrote into `model` (and `opt`), onto `device` (an int is a CUDA index; the
+    CPU by default). Only tensors and plain values are read (`torch.load(weights_only=True)`)."""
+    target = Path(file)
+    if isinstance(device, int):
+        device = torch.device("cuda", device)
+    try:
+        obj = load_plain(target, map_location=device or "cpu")
+    except CheckpointError:
+        raise  # refused (it could run code), or unreadable: the message says which
+    except Exception as e:
+        raise ValueError(f"Could not read {target}: it is not a checkpoint saved by "
+                         f"Learner.save, or it is corrupt or truncated ({e})") from e
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{target} does not hold a model state dict")
+    load_model_state(model, state, strict=strict)
+    if not with_opt:
+        return
+    if "opt" not in obj:
+        warnings.warn(f"{target} holds no optimizer state (saved with with_opt=False); the optimizer starts "
+                      "afresh. Pass with_opt=False to load only the weights.", UserWarning, stacklevel=3)
+    elif opt is not None:
+        opt.load_state_dict(obj["opt"])

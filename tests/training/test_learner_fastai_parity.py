@@ -295,7 +295,8 @@ def test_cast_to_tensor_gives_the_model_plain_tensors(make_learner):
 
 
 def test_save_model_load_model_and_before_batch_cb(make_learner, tmp_path):
-    from rnnkit.training.learner import before_batch_cb, load_model, save_model
+    from rnnkit.checkpoint import load_model, save_model
+    from rnnkit.training.learner import before_batch_cb
 
     learn = make_learner(lr=0.1)
     learn.fit(1)

@@ -19,7 +19,7 @@ from rnnkit.utils import class2attr
 if TYPE_CHECKING:
     from rnnkit.training.learner import Learner
 
-__all__ = ["Callback", "TrainEvalCallback", "CastToTensor", "has_event", "check_event_names"]
+__all__ = ["Callback", "TrainEvalCallback", "CastToTensor", "has_event", "check_event_names", "as_cb_list"]
 
 _CANCELS = (CancelBatchException, CancelTrainException, CancelValidException, CancelEpochException,
             CancelStepException, CancelBackwardException, CancelFitException)
@@ -194,6 +194,17 @@ def _annotate(e: Exception, cb_name: str, event_name: str) -> None:
         e._rnnkit_where = where  # type: ignore[attr-defined]
     except AttributeError:  # some C exceptions take no new attributes
         pass
+
+
+def as_cb_list(x: Any) -> list[Any]:
+    """`cbs=` as a list: None is empty, one callback (or class) is a list of one, any other iterable is listed."""
+    if x is None:
+        return []
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    if hasattr(x, "__iter__") and not isinstance(x, (str, Callback, type)):
+        return list(x)
+    return [x]
 
 
 def has_event(cb: Callback, event_name: str) -> bool:

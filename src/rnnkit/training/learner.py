@@ -16,25 +16,25 @@ from fastcore.basics import defaults
 from torch import nn
 
 from rnnkit.callbacks.fp16 import MixedPrecision
-from rnnkit.checkpoint import CheckpointError, load_plain
+from rnnkit.checkpoint import load_model, save_model
 from rnnkit.callbacks.progress import ProgressCallback
 from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SuggestedLRs, SkipToEpoch
 from rnnkit.memory import buffer_pool
 from rnnkit.optim.recipes import Adam
 from rnnkit.schedules import flat_cos_scheds, one_cycle_scheds, sgdr_n_epoch, sgdr_scheds, valley
 from rnnkit.training.callback import (
-    CastToTensor, Callback, TrainEvalCallback, check_event_names, has_event, move_to_loaders_device,
+    CastToTensor, Callback, TrainEvalCallback, as_cb_list, check_event_names, has_event, move_to_loaders_device,
 )
 from rnnkit.training.events import (
     ALL_EVENTS, CancelBackwardException, CancelBatchException, CancelEpochException,
     CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
 )
+from rnnkit.training.fit_schedules import ScheduleMethods
 from rnnkit.training.recorder import Recorder
 from rnnkit.torch_core import to_detach
 from rnnkit.utils import L, atomic_write, noop, to_device
 
-__all__ = ["Learner", "trainable_params", "norm_bias_params", "load_model_state", "save_model", "load_model",
-           "before_batch_cb"]
+__all__ = ["Learner", "trainable_params", "norm_bias_params", "before_batch_cb"]
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -100,61 +100,6 @@ def _sort_cbs(cbs: list[Callback]) -> list[Callback]:
     return out
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-    """Load `state` into `model`, with an error that lists mismatched names and shapes."""
-    own = model.state_dict()
-    if strict:
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in state and own[k].shape != state[k].shape]
-        if missing or unexpected or wrong:
-            parts = ([f"missing {missing[:5]}"] if missing else []) + \
-                    ([f"unexpected {unexpected[:5]}"] if unexpected else []) + wrong[:5]
-            raise ValueError("The checkpoint does not match this model (" + "; ".join(parts) +
-                             "). Build the model with the same configuration and vocabulary "
-                             "as the one that was saved, or pass strict=False.")
-    model.load_state_dict(state, strict=strict)
-
-
-def save_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = True,
-               pickle_protocol: int | None = None) -> None:
-    """Save `model`'s state (and `opt`'s, if `with_opt`) to `file`, atomically: tensors and plain values
-    only, which `load_model` reads without unpickling code. (`pickle_protocol` is accepted for fastai's
-    signature and unused.)"""
-    obj: dict[str, Any] = {"model": model.state_dict()}
-    if with_opt and opt is not None:
-        obj["opt"] = opt.state_dict()
-    atomic_write(file, lambda f: torch.save(obj, f))
-
-
-def load_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = True, device: Any = None,
-               strict: bool = True) -> None:
-    """Load what `save_model` wrote into `model` (and `opt`), onto `device` (an int is a CUDA index; the
-    CPU by default). Only tensors and plain values are read (`torch.load(weights_only=True)`)."""
-    target = Path(file)
-    if isinstance(device, int):
-        device = torch.device("cuda", device)
-    try:
-        obj = load_plain(target, map_location=device or "cpu")
-    except CheckpointError:
-        raise  # refused: it could run code
-    except Exception as e:
-        raise ValueError(f"Could not read {target}: it is not a checkpoint saved by "
-                         f"Learner.save, or it is corrupt or truncated ({e})") from e
-    state = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{target} does not hold a model state dict")
-    load_model_state(model, state, strict=strict)
-    if not with_opt:
-        return
-    if "opt" not in obj:
-        warnings.warn(f"{target} holds no optimizer state (saved with with_opt=False); the optimizer starts "
-                      "afresh. Pass with_opt=False to load only the weights.", UserWarning, stacklevel=3)
-    elif opt is not None:
-        opt.load_state_dict(obj["opt"])
-
-
 def before_batch_cb(f: Callable) -> Callback:
     """A callback from `f(self, xb, yb) -> (xb, yb)`, run in `before_batch` to change the batch."""
 
@@ -164,7 +109,7 @@ def before_batch_cb(f: Callable) -> Callback:
     return Callback(before_batch=_before_batch)
 
 
-class Learner:
+class Learner(ScheduleMethods):
     """Group data, model, loss and optimizer, and train them with `fit` and its schedules."""
 
     def __init__(self, dls: Any, model: nn.Module, loss_func: Callable | None = None,
@@ -288,7 +233,7 @@ class Learner:
 
     def add_cbs(self, cbs: Any) -> Learner:
         """Add several callbacks."""
-        for cb in _listify(cbs):
+        for cb in as_cb_list(cbs):
             self.add_cb(cb)
         return self
 
@@ -305,14 +250,14 @@ class Learner:
 
     def remove_cbs(self, cbs: Any) -> Learner:
         """Remove several callbacks."""
-        for cb in _listify(cbs):
+        for cb in as_cb_list(cbs):
             self.remove_cb(cb)
         return self
 
     @contextlib.contextmanager
     def added_cbs(self, cbs: Any) -> Iterator[Learner]:
         """Add callbacks for the duration of a `with` block."""
-        cbs = [cb() if isinstance(cb, type) else cb for cb in _listify(cbs)]
+        cbs = [cb() if isinstance(cb, type) else cb for cb in as_cb_list(cbs)]
         self.add_cbs(cbs)
         try:
             yield self
@@ -323,7 +268,7 @@ class Learner:
     def removed_cbs(self, cbs: Any) -> Iterator[Learner]:
         """Remove callbacks for the duration of a `with` block."""
         cbs = [c for c in self._cbs if any(c is s or (isinstance(s, type) and isinstance(c, s))
-                                           for s in _listify(cbs))]
+                                           for s in as_cb_list(cbs))]
         self.remove_cbs(cbs)
         try:
             yield self
@@ -496,7 +441,7 @@ class Learner:
         if len(self.dls.train) == 0:
             raise ValueError("The training DataLoader has no batches: its dataset is smaller "
                              "than one batch (with drop_last=True). Use a smaller bs.")
-        cbs = _listify(cbs)
+        cbs = as_cb_list(cbs)
         if start_epoch:
             cbs.append(SkipToEpoch(start_epoch))
         self._reindex()  # event methods patched onto a callback class since it was added
@@ -518,71 +463,6 @@ class Learner:
         buffer_pool.release_idle()  # the logits-sized buffers of this fit, unless something still holds them
         for cb in self._cbs:
             cb.run = True  # a callback that switched itself off is back on for the next fit
-
-    # ---- schedules ----
-    def _lr_max(self, lr_max: Any) -> np.ndarray:
-        if self.opt is None:
-            self.create_opt()
-        self.opt.set_hyper("lr", self.lr if lr_max is None else lr_max)
-        return np.array([h["lr"] for h in self.opt.hypers], dtype=np.float64)
-
-    def fit_one_cycle(self, n_epoch: int, lr_max: Any = None, div: float = 25.0,
-                      div_final: float = 1e5, pct_start: float = 0.25, wd: float | None = None,
-                      moms: tuple[float, float, float] | None = None, cbs: Any = None,
-                      reset_opt: bool = False, start_epoch: int = 0) -> None:
-        """Train with the 1cycle policy (Smith, 2018): cosine lr warm-up then annealing, momentum the other way."""
-        if reset_opt:
-            self.opt = None
-        lrs = self._lr_max(lr_max)
-        moms = self.moms if moms is None else moms
-        scheds = one_cycle_scheds(_groups(lrs), div=div, div_final=div_final, pct_start=pct_start,
-                                  moms=moms)
-        self.fit(n_epoch, cbs=[ParamScheduler(scheds)] + _listify(cbs), wd=wd,
-                 start_epoch=start_epoch)
-
-    def fit_flat_cos(self, n_epoch: int, lr: Any = None, div_final: float = 1e5,
-                     pct_start: float = 0.75, wd: float | None = None, cbs: Any = None,
-                     reset_opt: bool = False, start_epoch: int = 0) -> None:
-        """Train at a flat lr, then anneal it with a cosine for the last `1-pct_start` of the steps."""
-        if reset_opt:
-            self.opt = None
-        lrs = self._lr_max(lr)
-        sched = flat_cos_scheds(_groups(lrs), div_final=div_final, pct_start=pct_start)
-        self.fit(n_epoch, cbs=[ParamScheduler(sched)] + _listify(cbs), wd=wd, start_epoch=start_epoch)
-
-    def fit_sgdr(self, n_cycles: int, cycle_len: int, lr_max: Any = None, cycle_mult: int = 2,
-                 cbs: Any = None, reset_opt: bool = False, wd: float | None = None,
-                 start_epoch: int = 0) -> None:
-        """Train with cosine annealing and warm restarts (SGDR), cycles growing by `cycle_mult`."""
-        if reset_opt:
-            self.opt = None
-        n_epoch = sgdr_n_epoch(n_cycles, cycle_len, cycle_mult)
-        sched = sgdr_scheds(n_cycles, cycle_len, _groups(self._lr_max(lr_max)), cycle_mult=cycle_mult)
-        self.fit(n_epoch, cbs=[ParamScheduler(sched)] + _listify(cbs), wd=wd, start_epoch=start_epoch)
-
-    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
-                  lr_mult: float = 100, pct_start: float = 0.3, div: float = 5.0, **kwargs: Any) -> None:
-        """Train the head with the body frozen, then everything with discriminative lrs."""
-        self.freeze()
-        self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
-        base_lr /= 2
-        self.unfreeze()
-        self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start,
-                           div=div, **kwargs)
-
-    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100,
-                stop_div: bool = True, show_plot: bool = True,
-                suggest_funcs: Sequence[Callable] = (valley,)) -> Any:
-        """The LR range test (Smith, 2015): grow the lr exponentially, watch the loss, restore everything."""
-        n_epoch = max(1, math.ceil(num_it / max(len(self.dls.train), 1)))
-        cb = LRFinder(start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div)
-        if self.opt is None:
-            self.create_opt()
-        opt_state = copy.deepcopy(self.opt.state_dict())  # before fit changes the hypers
-        with self.no_logging(), self.removed_cbs([c for c in self._cbs if c.skip_in_lr_find]):
-            self.fit(n_epoch, cbs=cb)
-        self.opt.load_state_dict(opt_state)
-        return cb.suggest(self.get_cb(Recorder), suggest_funcs, show_plot=show_plot)
 
     # ---- evaluation ----
     def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any]:
@@ -614,7 +494,7 @@ class Learner:
         gather = GatherPredsCallback(with_input=with_input, with_loss=with_loss, **kwargs)
         ctx = self.loss_not_reduced() if with_loss else contextlib.nullcontext()
         with ctx:
-            self.validate(dl=dl, cbs=[gather] + _listify(cbs))
+            self.validate(dl=dl, cbs=[gather] + as_cb_list(cbs))
         res = gather.all_tensors()
         pred_i = 1 if with_input else 0
         if res[pred_i] is not None:
@@ -733,11 +613,6 @@ class Learner:
         return f"Learner(model={type(self.model).__name__}, cbs={self._cbs})"
 
 
-def _groups(lrs: np.ndarray) -> Any:
-    """One lr per group as a list, or a float when there is one group (schedules stay scalar)."""
-    return float(lrs[0]) if len(lrs) == 1 else lrs.tolist()
-
-
 def _param_state(opt: Any, p: torch.Tensor) -> dict[str, Any]:
     st = opt.state.get(p)
     if st is None:
@@ -751,13 +626,3 @@ def _check_lr(lr: Any) -> None:
         return
     if not lr >= 0:
         raise ValueError(f"lr must be >= 0 (0 keeps the weights still), got {lr}")
-
-
-def _listify(x: Any) -> list[Any]:
-    if x is None:
-        return []
-    if isinstance(x, (list, tuple)):
-        return list(x)
-    if hasattr(x, "__iter__") and not isinstance(x, (str, Callback, type)):
-        return list(x)
-    return [x]

@@ -5,10 +5,8 @@ import contextlib
 import copy
 import functools
 import inspect
-import math
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,21 +16,19 @@ from torch import nn
 from rnnkit.callbacks.fp16 import MixedPrecision
 from rnnkit.checkpoint import load_model, save_model
 from rnnkit.callbacks.progress import ProgressCallback
-from rnnkit.callbacks.schedule import LRFinder, ParamScheduler, SuggestedLRs, SkipToEpoch
+from rnnkit.callbacks.schedule import SkipToEpoch
 from rnnkit.memory import buffer_pool
 from rnnkit.optim.recipes import Adam
-from rnnkit.schedules import flat_cos_scheds, one_cycle_scheds, sgdr_n_epoch, sgdr_scheds, valley
-from rnnkit.training.callback import (
-    CastToTensor, Callback, TrainEvalCallback, as_cb_list, check_event_names, has_event, move_to_loaders_device,
-)
+from rnnkit.training.callback import CastToTensor, Callback, TrainEvalCallback, as_cb_list, move_to_loaders_device
 from rnnkit.training.events import (
-    ALL_EVENTS, CancelBackwardException, CancelBatchException, CancelEpochException,
+    CancelBackwardException, CancelBatchException, CancelEpochException,
     CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
 )
+from rnnkit.training.callback_registry import CallbackRegistry
 from rnnkit.training.fit_schedules import ScheduleMethods
 from rnnkit.training.recorder import Recorder
 from rnnkit.torch_core import to_detach
-from rnnkit.utils import L, atomic_write, noop, to_device
+from rnnkit.utils import noop, to_device
 
 __all__ = ["Learner", "trainable_params", "norm_bias_params", "before_batch_cb"]
 
@@ -62,44 +58,6 @@ def norm_bias_params(m: nn.Module, with_bias: bool = True) -> list[nn.Parameter]
     return out
 
 
-# The loop as `show_training_loop` prints it: fastai's outline, with every event rnnkit fires.
-_LOOP = ("Start Fit", "before_fit", "Start Epoch Loop", "before_epoch", "Start Train", "before_train",
-         "Start Batch Loop", "before_batch", "after_pred", "after_loss", "before_backward", "after_backward",
-         "before_step", "after_step", "after_cancel_batch", "after_batch", "End Batch Loop", "End Train",
-         "after_cancel_train", "after_train", "Start Valid", "before_validate", "Start Batch Loop",
-         "**CBs same as train batch**", "End Batch Loop", "End Valid", "after_cancel_validate",
-         "after_validate", "End Epoch Loop", "after_cancel_epoch", "after_epoch", "End Fit",
-         "after_cancel_fit", "after_fit")
-
-
-def _sort_cbs(cbs: list[Callback]) -> list[Callback]:
-    """Order callbacks by `order`, honouring `run_before`/`run_after` (classes or names)."""
-
-    def matches(cb: Callback, spec: Any) -> bool:
-        specs = spec if isinstance(spec, (list, tuple)) else [spec]
-        return any(s is not None and (isinstance(cb, s) if isinstance(s, type) else type(cb).__name__ == s)
-                   for s in specs)
-
-    after: dict[int, set[int]] = {i: set() for i in range(len(cbs))}  # i must run after these
-    for i, a in enumerate(cbs):
-        for j, b in enumerate(cbs):
-            if i == j:
-                continue
-            if matches(b, a.run_after) or matches(a, b.run_before):
-                after[i].add(j)
-    out: list[Callback] = []
-    done: set[int] = set()
-    while len(out) < len(cbs):
-        ready = [i for i in range(len(cbs)) if i not in done and after[i] <= done]
-        if not ready:
-            raise ValueError(f"Callbacks {[cbs[i] for i in range(len(cbs)) if i not in done]} "
-                             "have circular run_before/run_after constraints")
-        i = min(ready, key=lambda k: (cbs[k].order, k))
-        out.append(cbs[i])
-        done.add(i)
-    return out
-
-
 def before_batch_cb(f: Callable) -> Callback:
     """A callback from `f(self, xb, yb) -> (xb, yb)`, run in `before_batch` to change the batch."""
 
@@ -109,7 +67,7 @@ def before_batch_cb(f: Callable) -> Callback:
     return Callback(before_batch=_before_batch)
 
 
-class Learner(ScheduleMethods):
+class Learner(CallbackRegistry, ScheduleMethods):
     """Group data, model, loss and optimizer, and train them with `fit` and its schedules."""
 
     def __init__(self, dls: Any, model: nn.Module, loss_func: Callable | None = None,
@@ -201,119 +159,6 @@ class Learner(ScheduleMethods):
     def y(self) -> Any:
         """The target of the current batch (`yb` detuplified)."""
         return self.yb[0] if len(self.yb) == 1 else self.yb
-
-    @property
-    def cbs(self) -> L:
-        """The callbacks in the order they were added, as a fastcore `L` (`.filter`, `.map`, `.attrgot`,
-        `.sorted('order')` ...); events reach them sorted by `order`."""
-        return L(self._cbs)
-
-    @cbs.setter
-    def cbs(self, cbs: Any) -> None:
-        self.remove_cbs(self.cbs)
-        self.add_cbs(cbs)
-
-    # ---- callbacks ----
-    def add_cb(self, cb: Any) -> Learner:
-        """Add a callback (a class is instantiated with no arguments)."""
-        if isinstance(cb, type):
-            cb = cb()
-        if not isinstance(cb, Callback):
-            raise TypeError(f"cbs must be Callback instances or classes, got {cb!r}")
-        if any(c is cb for c in self._cbs):
-            return self  # e.g. RNNTrainer(learn, ...) already added itself
-        check_event_names(cb)
-        cb.learn = self
-        self._cbs.append(cb)
-        self._cb_by_name[cb.name] = cb
-        if isinstance(cb, Recorder) and hasattr(self, "_metrics"):
-            cb.set_metrics(self._metrics)
-        self._reindex()
-        return self
-
-    def add_cbs(self, cbs: Any) -> Learner:
-        """Add several callbacks."""
-        for cb in as_cb_list(cbs):
-            self.add_cb(cb)
-        return self
-
-    def remove_cb(self, cb: Any) -> Learner:
-        """Remove a callback instance, or every callback of a class."""
-        targets = [c for c in self._cbs if (isinstance(c, cb) if isinstance(cb, type) else c is cb)]
-        for c in targets:
-            self._cbs.remove(c)
-            c.learn = None  # type: ignore[assignment]
-            if self._cb_by_name.get(c.name) is c:
-                del self._cb_by_name[c.name]
-        self._reindex()
-        return self
-
-    def remove_cbs(self, cbs: Any) -> Learner:
-        """Remove several callbacks."""
-        for cb in as_cb_list(cbs):
-            self.remove_cb(cb)
-        return self
-
-    @contextlib.contextmanager
-    def added_cbs(self, cbs: Any) -> Iterator[Learner]:
-        """Add callbacks for the duration of a `with` block."""
-        cbs = [cb() if isinstance(cb, type) else cb for cb in as_cb_list(cbs)]
-        self.add_cbs(cbs)
-        try:
-            yield self
-        finally:
-            self.remove_cbs(cbs)
-
-    @contextlib.contextmanager
-    def removed_cbs(self, cbs: Any) -> Iterator[Learner]:
-        """Remove callbacks for the duration of a `with` block."""
-        cbs = [c for c in self._cbs if any(c is s or (isinstance(s, type) and isinstance(c, s))
-                                           for s in as_cb_list(cbs))]
-        self.remove_cbs(cbs)
-        try:
-            yield self
-        finally:
-            self.add_cbs(cbs)
-
-    def get_cb(self, cls: type) -> Any:
-        """The first callback of class `cls`, or None."""
-        return next((c for c in self._cbs if isinstance(c, cls)), None)
-
-    def ordered_cbs(self, event: str) -> list[Callback]:
-        """Callbacks that act on `event`, in the order they run."""
-        return list(self._event_cbs.get(event, []))
-
-    def show_training_loop(self) -> None:
-        """Print the training loop's events, each with the callbacks that act on it, in order (as fastai does)."""
-        indent = 0
-        for step in _LOOP:
-            if step.startswith("Start"):
-                print(f"{' ' * indent}{step}")
-                indent += 2
-            elif step.startswith("End"):
-                indent -= 2
-                print(f"{' ' * indent}{step}")
-            else:
-                print(f"{' ' * indent} - {step:15}:", self.ordered_cbs(step) if step in ALL_EVENTS else [])
-
-    def _reindex(self) -> None:
-        # `learn.cbs` keeps the order callbacks were added in, as fastai's does; events go to them
-        # sorted by `order`. Per-event lists, so the batch loop only calls callbacks that act on each event.
-        ordered = _sort_cbs(self._cbs)
-        self._event_cbs = {e: [c for c in ordered if has_event(c, e)] for e in ALL_EVENTS}
-
-    def __call__(self, event_name: str | Iterable[str]) -> None:
-        """Fire an event (or a list of events) on every callback that acts on it."""
-        if not isinstance(event_name, str):
-            for e in event_name:
-                self(e)
-            return
-        try:
-            cbs = self._event_cbs[event_name]
-        except KeyError:
-            raise ValueError(f"{event_name!r} is not an event; see rnnkit.event") from None
-        for cb in cbs:
-            cb(event_name)
 
     # ---- the loop ----
     def _with_events(self, f: Callable[[], None], event_type: str, ex: type[Exception],

@@ -227,7 +227,7 @@ def check_event_names(cb: Callback) -> None:
                                  f"called; {_suggest(attr)}see rnnkit.event for all names")
 
 
-def move_to_loaders_device(learn: Learner) -> None:
+def move_to_loaders_device(learn: Any) -> None:  # a Learner (or its evaluation mixin)
     """Put the model (and a loss module, e.g. with class weights) on the device the loaders send batches to,
     as fastai does at the start of `fit`; rnnkit also does it before `validate` and `get_preds`."""
     device = getattr(learn.dls, "device", None)

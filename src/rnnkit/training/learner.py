@@ -1,12 +1,10 @@
 """`Learner`: the training loop of the seeds, driven by callbacks."""
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
 import inspect
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,15 +17,15 @@ from rnnkit.callbacks.progress import ProgressCallback
 from rnnkit.callbacks.schedule import SkipToEpoch
 from rnnkit.memory import buffer_pool
 from rnnkit.optim.recipes import Adam
-from rnnkit.training.callback import CastToTensor, Callback, TrainEvalCallback, as_cb_list, move_to_loaders_device
+from rnnkit.training.callback import CastToTensor, Callback, TrainEvalCallback, as_cb_list
 from rnnkit.training.events import (
     CancelBackwardException, CancelBatchException, CancelEpochException,
     CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
 )
 from rnnkit.training.callback_registry import CallbackRegistry
+from rnnkit.training.evaluation import EvaluationMethods
 from rnnkit.training.fit_schedules import ScheduleMethods
 from rnnkit.training.recorder import Recorder
-from rnnkit.torch_core import to_detach
 from rnnkit.utils import noop, to_device
 
 __all__ = ["Learner", "trainable_params", "norm_bias_params", "before_batch_cb"]
@@ -67,7 +65,7 @@ def before_batch_cb(f: Callable) -> Callback:
     return Callback(before_batch=_before_batch)
 
 
-class Learner(CallbackRegistry, ScheduleMethods):
+class Learner(CallbackRegistry, ScheduleMethods, EvaluationMethods):
     """Group data, model, loss and optimizer, and train them with `fit` and its schedules."""
 
     def __init__(self, dls: Any, model: nn.Module, loss_func: Callable | None = None,
@@ -308,87 +306,6 @@ class Learner(CallbackRegistry, ScheduleMethods):
         buffer_pool.release_idle()  # the logits-sized buffers of this fit, unless something still holds them
         for cb in self._cbs:
             cb.run = True  # a callback that switched itself off is back on for the next fit
-
-    # ---- evaluation ----
-    def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any]:
-        """Run a validation pass on the loaders' device; return `[valid_loss, *metrics]`."""
-        move_to_loaders_device(self)
-        self._batch_device = self._device()
-        with self.added_cbs(cbs), self.no_logging(), self.no_bar():
-            self._do_epoch_validate(ds_idx, dl)
-        return list(getattr(self, "final_record", []))
-
-    def get_preds(self, ds_idx: int = 1, dl: Any = None, with_input: bool = False,
-                  with_decoded: bool = False, with_loss: bool = False, act: Callable | None = None,
-                  inner: bool = False, reorder: bool = True, cbs: Any = None, **kwargs: Any) -> tuple:
-        """Predictions and targets over a whole split, in dataset order: `([inputs,] preds, targs[, decoded]
-        [, losses])`. `kwargs` go to `GatherPredsCallback` (`with_preds`, `with_targs`, `concat_dim`).
-
-        fastai's `inner` and `reorder` are accepted: this loop fires no fit/epoch events around a
-        prediction pass anyway, and predictions always come back in dataset order.
-        """
-        from rnnkit.callbacks.preds import GatherPredsCallback
-
-        if dl is None:
-            dl = self.dls[ds_idx]
-        if getattr(dl, "shuffle", False):
-            dl = dl.new(shuffle=False) if hasattr(dl, "new") else copy.copy(dl)
-            dl.shuffle = False
-        if act is None:
-            act = getattr(self.loss_func, "activation", noop)
-        gather = GatherPredsCallback(with_input=with_input, with_loss=with_loss, **kwargs)
-        ctx = self.loss_not_reduced() if with_loss else contextlib.nullcontext()
-        with ctx:
-            self.validate(dl=dl, cbs=[gather] + as_cb_list(cbs))
-        res = gather.all_tensors()
-        pred_i = 1 if with_input else 0
-        if res[pred_i] is not None:
-            res[pred_i] = act(res[pred_i])
-            if with_decoded:
-                res.insert(pred_i + 2, getattr(self.loss_func, "decodes", noop)(res[pred_i]))
-        return tuple(res)
-
-    def to_detach(self, b: Any, cpu: bool = True, gather: bool = True) -> Any:
-        """`b` (tensors, nested in lists/tuples/dicts) detached from autograd, and on the CPU when `cpu`:
-        what fastai metrics call on the learner. (`gather` is for multi-process runs.)"""
-        dl_detach = getattr(self.dl, "to_detach", None)
-        if dl_detach is not None:
-            return dl_detach(b, cpu, gather)
-        return to_detach(b, cpu, gather)
-
-    # ---- contexts ----
-    @contextlib.contextmanager
-    def no_logging(self) -> Iterator[Learner]:
-        """Silence `learn.logger` (the per-epoch rows) inside a `with` block."""
-        old, self.logger = self.logger, noop
-        try:
-            yield self
-        finally:
-            self.logger = old
-
-    @contextlib.contextmanager
-    def no_bar(self) -> Iterator[Learner]:
-        """Hide progress bars and the epoch table inside a `with` block."""
-        with self.removed_cbs(ProgressCallback):
-            yield self
-
-    @contextlib.contextmanager
-    def loss_not_reduced(self) -> Iterator[Learner]:
-        """Make the loss function return per-item losses inside a `with` block."""
-        if hasattr(self.loss_func, "reduction"):
-            old = self.loss_func.reduction
-            self.loss_func.reduction = "none"
-            try:
-                yield self
-            finally:
-                self.loss_func.reduction = old
-        else:
-            old_f = self.loss_func
-            self.loss_func = functools.partial(old_f, reduction="none")
-            try:
-                yield self
-            finally:
-                self.loss_func = old_f
 
     # ---- freezing ----
     def freeze_to(self, n: int) -> None:

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from rnnkit.torch_core import to_detach
 from rnnkit.training.callback import Callback
 from rnnkit.utils import L, find_bs
 
@@ -18,14 +19,6 @@ def _cat(chunks: list[Any], dim: int = 0) -> Any:
     if isinstance(first, (tuple, list)):
         return type(first)(_cat([c[i] for c in chunks], dim) for i in range(len(first)))
     return torch.cat(chunks, dim=dim) if isinstance(first, torch.Tensor) else chunks
-
-
-def _detach_cpu(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
-    if isinstance(x, (tuple, list)):  # several inputs (n_inp > 1) or targets
-        return type(x)(_detach_cpu(o) for o in x)
-    return x
 
 
 class GatherPredsCallback(Callback):
@@ -56,10 +49,10 @@ class GatherPredsCallback(Callback):
             self._preds.append(pred.detach().float().cpu())
         if learn.yb and self.with_targs:  # batches without targets give `targets = None`, as in fastai
             y = learn.yb[0] if len(learn.yb) == 1 else learn.yb
-            self._targs.append(_detach_cpu(y))
+            self._targs.append(to_detach(y))
         if self.with_input:
             x = learn.xb[0] if len(learn.xb) == 1 else learn.xb
-            self._inps.append(_detach_cpu(x))
+            self._inps.append(to_detach(x))
         if self.with_loss:
             loss, bs = learn.loss.detach().float(), find_bs(learn.yb)
             # one loss per item, as fastai gives: a flattened loss (one per token) is averaged per item

@@ -92,36 +92,8 @@ class Metric:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-class AvgMetric(Metric):
-    """Batch-size-weighted average of `func(pred, *yb)` over the epoch."""
-
-    def __init__(self, func: Callable[..., Any]) -> None:
-        self.func = func
-        self.reset()
-
-    def reset(self) -> None:
-        """Zero the running total and count."""
-        self.total, self.count = 0.0, 0
-
-    def accumulate(self, learn: Any) -> None:
-        """Add this batch's metric, weighted by its batch size."""
-        bs = batch_size_of(learn)
-        self.total += detached(self.func(learn.pred, *learn.yb)) * bs
-        self.count += bs
-
-    @property
-    def value(self) -> Any:
-        """Weighted average (a 0-d tensor when `func` returns tensors, as in fastai), or None before any batch."""
-        return self.total / self.count if self.count else None
-
-    @property
-    def name(self) -> str:
-        """The function's name."""
-        return func_name(self.func)
-
-
-class AvgLoss(Metric):
-    """Batch-size-weighted average of `learn.loss` over the epoch."""
+class _WeightedMean(Metric):
+    """A batch-size-weighted mean over the epoch; subclasses say what each batch adds (`accumulate`)."""
 
     def __init__(self) -> None:
         self.reset()
@@ -130,16 +102,39 @@ class AvgLoss(Metric):
         """Zero the running total and count."""
         self.total, self.count = 0.0, 0
 
+    @property
+    def value(self) -> Any:
+        """The weighted mean (a 0-d tensor for tensor values, as in fastai), or None before any batch."""
+        return self.total / self.count if self.count else None
+
+
+class AvgMetric(_WeightedMean):
+    """Batch-size-weighted average of `func(pred, *yb)` over the epoch."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        super().__init__()
+
+    def accumulate(self, learn: Any) -> None:
+        """Add this batch's metric, weighted by its batch size."""
+        bs = batch_size_of(learn)
+        self.total += detached(self.func(learn.pred, *learn.yb)) * bs
+        self.count += bs
+
+    @property
+    def name(self) -> str:
+        """The function's name."""
+        return func_name(self.func)
+
+
+class AvgLoss(_WeightedMean):
+    """Batch-size-weighted average of `learn.loss` over the epoch."""
+
     def accumulate(self, learn: Any) -> None:
         """Add this batch's mean loss, weighted by its batch size."""
         bs = batch_size_of(learn)
         self.total += detached(learn.loss).mean() * bs
         self.count += bs
-
-    @property
-    def value(self) -> Any:
-        """Weighted mean loss as a 0-d tensor (as in fastai), or None before any batch."""
-        return self.total / self.count if self.count else None
 
     @property
     def name(self) -> str:

@@ -28,8 +28,7 @@ from rnnkit.data.human_numbers import human_numbers_lm_dls  # noqa: E402
 from rnnkit.losses import CrossEntropyLossFlat  # noqa: E402
 from rnnkit.metrics import accuracy  # noqa: E402
 from rnnkit.models.book import LMModel6, LMModel7  # noqa: E402
-from rnnkit.optim.optimizer import OptimWrapper  # noqa: E402
-from rnnkit.optim.recipes import Adam  # noqa: E402
+from rnnkit.optim import Adam, OptimWrapper  # noqa: E402
 from rnnkit.training.callback import Callback  # noqa: E402
 from rnnkit.training.learner import Learner  # noqa: E402
 
@@ -124,7 +123,7 @@ def bench_learner(reps: int, model_no: int = 6) -> None:
 def bench_overhead(reps: int) -> None:
     """The Learner's own cost per batch: a Linear(4, 3) on 4,000 items, bs 8, where the model is nearly free."""
     from rnnkit.data.core import DataLoaders
-    from rnnkit.optim.recipes import SGD
+    from rnnkit.optim import SGD
 
     g = torch.Generator().manual_seed(0)
     items = [(torch.randn(4, generator=g), int(torch.randint(0, 3, (1,), generator=g))) for _ in range(4000)]

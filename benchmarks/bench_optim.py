@@ -24,10 +24,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from rnnkit.optim.optimizer import Optimizer
-from rnnkit.optim.recipes import SGD, Adam, RMSProp
-from rnnkit.optim.steppers import (average_grad, average_sqr_grad, debias, step_stat,
-                                   weight_decay)
+from rnnkit.optim import (SGD, Adam, Optimizer, RMSProp, average_grad, average_sqr_grad, debias, step_stat,
+                           weight_decay)
 
 TARGETS = {"a": 1.05, "b": 1.25}
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnkit.errors import UserError
 from rnnkit.utils import atomic_write
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_plain",
@@ -39,7 +40,7 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_chec
 _FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, truncated or does not fit the model."""
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from rnnkit.errors import UserError
+
 __all__ = ["TrainConfig", "ConfigError", "load_config_file", "config_from_mapping", "KNOWN_CORPORA",
            "PRESETS"]
 
@@ -19,7 +21,7 @@ KNOWN_CORPORA = ("human_numbers", "ptb", "wikitext-2", "wikitext-103", "tinyshak
 PRESETS = ("small", "fastai", "paper")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value or file that cannot be used; the message says which and how to fix it."""
 
 

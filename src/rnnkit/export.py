@@ -42,6 +42,7 @@ from rnnkit.data.tokenize import (
     CharTokenizer, PreTokenizedTokenizer, SubwordTokenizer, Tokenizer, WhitespaceTokenizer, WordTokenizer,
 )
 from rnnkit.data.vocab import Vocab
+from rnnkit.errors import UserError
 from rnnkit.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat, MSELossFlat
 from rnnkit.metrics import Perplexity, accuracy, error_rate
 from rnnkit.models.awd_lstm import AWD_LSTM, LinearDecoder, SequentialRNN, get_language_model
@@ -69,7 +70,7 @@ _NEVER_UNPICKLE = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A learner that cannot be exported, or an export file that is not whole; the message says what to do."""
 
 

@@ -44,6 +44,7 @@ from rnnkit.data.tokenize import Tokenizer
 from rnnkit.data.vocab import Vocab
 from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS, AWDLSTMConfig
 from rnnkit.optim.recipes import SGD, Adam
+from rnnkit.errors import UserError
 from rnnkit.text.learner import LMLearner, language_model_learner
 from rnnkit.utils import atomic_write, resolve_device
 
@@ -56,7 +57,7 @@ _TOKENIZER_OF = {"human_numbers": "whitespace", "ptb": "pretokenized", "wikitext
                  "wikitext-103": "pretokenized", "tinyshakespeare": "char", "folder": "word"}
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A run folder that cannot be used as asked; the message says why and what to do."""
 
 

@@ -219,7 +219,7 @@ def test_a_model_rnnkit_cannot_rebuild_is_refused_and_an_older_export_survives(l
 
 
 def test_a_failed_write_leaves_the_older_export_whole(learn, tmp_path, monkeypatch):
-    import rnnkit.utils
+    import rnnkit.files
 
     path = _file(learn)
     before = path.read_bytes()
@@ -227,7 +227,7 @@ def test_a_failed_write_leaves_the_older_export_whole(learn, tmp_path, monkeypat
     def fail(src, dst):  # the new file is written and synced; the rename that would replace the old one fails
         raise OSError("disk full")
 
-    monkeypatch.setattr(rnnkit.utils.os, "replace", fail)
+    monkeypatch.setattr(rnnkit.files.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         export_learner(learn, "export.pkl")
     assert path.read_bytes() == before

@@ -276,19 +276,19 @@ def test_reuse_freed_memory_keeps_step_sized_blocks_and_never_large_ones():
 def test_reuse_freed_memory_is_a_no_op_off_linux(monkeypatch):
     import ctypes
 
-    import rnnkit.utils as utils
+    import rnnkit.memory as memory
 
     def no_libc(*a, **k):
         raise AssertionError("must not load the C library off Linux")
 
-    monkeypatch.setattr(utils.sys, "platform", "darwin")
+    monkeypatch.setattr(memory.sys, "platform", "darwin")
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
-    utils._glibc.cache_clear()  # looked up once per process
+    memory._glibc.cache_clear()  # looked up once per process
     try:
-        assert utils.reuse_freed_memory() is False
-        assert utils.release_freed_memory() is False and utils.heap_free_bytes() is None
+        assert memory.reuse_freed_memory() is False
+        assert memory.release_freed_memory() is False and memory.heap_free_bytes() is None
     finally:
-        utils._glibc.cache_clear()
+        memory._glibc.cache_clear()
 
 
 def test_resolve_device_checks_the_device_exists(monkeypatch):

@@ -1,4 +1,4 @@
-"""Reuse of the few logits-sized CPU buffers a language-model step needs, with memory that stays flat.
+"""Memory that stays flat during training: reused logits-sized CPU buffers, and glibc's malloc controls.
 
 A language model's logits and their gradient are `bs * seq_len * vocab_sz` floats: 179 MB for PTB at
 bs 64 x bptt 70, 596 MB for WikiText-2. glibc maps every block over 32 MiB afresh (mmap) and the
@@ -12,19 +12,27 @@ logits-sized (the decoder's output, the cross-entropy's gradient) come from a `B
 of buffers, each handed out again only when nothing else references its memory. What the pool keeps is
 bounded by `max_buffers` times the largest request; everything else goes through malloc as usual.
 `benchmarks/bench_memory.py` measures speed and resident memory with it and, with `--no-pool`, without.
+
+The second half holds the process-wide malloc controls for everything else a step allocates:
+`reuse_freed_memory` (serve step-sized blocks from the heap), `release_freed_memory` (give the heap's
+free memory back) and `heap_free_bytes` (how much it holds); Linux with glibc only, no-ops elsewhere.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
+import sys
 import threading
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from rnnkit.utils import cpu_autocast_dtype
+from rnnkit.devices import cpu_autocast_dtype
 
-__all__ = ["BufferPool", "buffer_pool", "pooling_applies"]
+__all__ = ["BufferPool", "buffer_pool", "heap_free_bytes", "pooling_applies", "release_freed_memory",
+           "reuse_freed_memory"]
 
 
 def _storage_use_count() -> tuple[Any, int]:
@@ -136,3 +144,79 @@ def _is_compiling() -> bool:
 
         is_compiling = _dynamo.is_compiling
     return bool(is_compiling())
+
+
+# ---- glibc's malloc: process-wide controls -------------------------------------------------------
+
+def reuse_freed_memory(max_block: int = 32 << 20, keep_free: int = 128 << 20) -> bool:
+    """Have glibc's malloc serve blocks up to `max_block` bytes from its heap, where freed memory is
+    reused, and keep up to `keep_free` bytes free at the heap's top instead of returning them after
+    each step. Larger blocks are mapped afresh each time, as glibc does by default.
+
+    By default glibc maps every block over 32 MiB afresh and trims its heap's top often, so a training
+    step's activations (an LSTM's oneDNN workspace, dropped weights, gradients) are mapped and
+    zero-filled by the kernel every step. (A language model's logits-sized blocks do not need this:
+    they come from `buffer_pool`, above.)
+
+    The defaults are safe on their own: 32 MiB is glibc's own ceiling for its adaptive threshold, and
+    resident memory stays flat. Larger values are faster (a fastai-sized AWD-LSTM step on PTB: 1.78 s
+    with 1 GiB against 1.89 s on 2 cores; `benchmarks/bench_memory.py --preset fastai --bs 32 --corpora
+    ptb` measures it) but only together with the `ReleaseFreedMemory` callback, which
+    bounds what the heap keeps: without it, smaller blocks settle in the holes large ones leave and the
+    heap grows without bound (21 GB within an epoch of WikiText-2 before issue 13). The `rnnkit`
+    command line uses 1 GiB with that callback. Process-wide and lasting. Returns True where it took
+    effect (Linux with glibc).
+    """
+    mallopt = getattr(_glibc(), "mallopt", None)
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's M_TRIM_THRESHOLD and M_MMAP_THRESHOLD
+    return (bool(mallopt(m_mmap_threshold, min(int(max_block), 2**31 - 1)))
+            and bool(mallopt(m_trim_threshold, min(int(keep_free), 2**31 - 1))))
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+@functools.cache
+def _glibc() -> Any:
+    """The process's C library with glibc's malloc controls typed, or None (not Linux, not glibc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)  # the C library already loaded into this process
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):  # other C libraries lack them
+        return None
+    if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
+        libc.mallinfo2.argtypes, libc.mallinfo2.restype = [], _Mallinfo2
+    return libc
+
+
+def heap_free_bytes() -> int | None:
+    """Bytes free inside glibc's heaps (`mallinfo2().fordblks`): memory the process holds but does not use.
+    None where that cannot be read (not glibc, or glibc older than 2.33)."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    return int(libc.mallinfo2().fordblks)
+
+
+def release_freed_memory() -> bool:
+    """Return the free memory inside glibc's heap to the system (`malloc_trim(0)`), keeping what is in use.
+
+    The heap keeps freed blocks for reuse, and over thousands of steps the holes between blocks in use
+    add up: resident memory crept up by about 0.6 MB a step on WikiText-2 (600 MB over two epochs) with
+    or without `reuse_freed_memory`. Called every few dozen steps (`ReleaseFreedMemory`, which the
+    `rnnkit` command line adds), it holds resident memory flat for a few milliseconds and one step's
+    worth of page faults each time. Returns True where it ran (Linux with glibc).
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

@@ -75,9 +75,41 @@ def _with_impl(opt: Any, impl: str) -> Any:
     return opt
 
 
+def _fresh_buffers(opt: Any) -> Any:
+    """Without the optimizer's reusable `Scratch`: temporaries allocated on every step (what it saves)."""
+    opt.scratch = None
+    return opt
+
+
+class _Regroup:
+    """An optimizer whose parameter grouping is worked out again on every step (what keeping it saves)."""
+
+    def __init__(self, opt: Any) -> None:
+        self.opt = opt
+
+    def step(self) -> None:
+        self.opt.grouping.reset()
+        self.opt.step()
+
+
+def _ablations(lr: float) -> dict[str, dict[str, Callable[[list[nn.Parameter]], Any]]]:
+    """Variants without the optimizer's caches, where this rnnkit has them (since the issue-16 redesign)."""
+    if not hasattr(Optimizer([torch.zeros(1)], [weight_decay], lr=lr), "grouping"):
+        return {"Adam(W)": {}, "RMSProp": {}}
+    return {
+        "Adam(W)": {
+            "rnnkit Adam, regroup every step": lambda ps: _Regroup(Adam(ps, lr=lr)),
+            "rnnkit Adam, impl='foreach', fresh buffers": lambda ps: _fresh_buffers(
+                _with_impl(Adam(ps, lr=lr), "foreach")),
+        },
+        "RMSProp": {"rnnkit RMSProp, fresh buffers": lambda ps: _fresh_buffers(RMSProp(ps, lr=lr))},
+    }
+
+
 def algorithms(lr: float = 1e-3) -> dict[str, dict[str, Callable[[list[nn.Parameter]], Any]]]:
     """For each algorithm, its variants: `name -> build(params)`; torch ones start with 'torch'."""
     adam_kw = dict(lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
+    ablations = _ablations(lr)
     return {
         "Adam(W)": {
             "torch AdamW foreach": lambda ps: torch.optim.AdamW(ps, foreach=True, **adam_kw),
@@ -87,6 +119,7 @@ def algorithms(lr: float = 1e-3) -> dict[str, dict[str, Callable[[list[nn.Parame
             "rnnkit Adam chain + user adam_step": lambda ps: Optimizer(
                 ps, [weight_decay, partial(average_grad, dampening=True), average_sqr_grad,
                      step_stat, user_adam_step], lr=lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01),
+            **ablations["Adam(W)"],
         },
         "SGD mom=0.9": {
             "torch SGD foreach": lambda ps: torch.optim.SGD(ps, lr=lr, momentum=0.9, foreach=True),
@@ -102,6 +135,7 @@ def algorithms(lr: float = 1e-3) -> dict[str, dict[str, Callable[[list[nn.Parame
             "rnnkit RMSProp chain + user rms_prop_step": lambda ps: Optimizer(
                 ps, [weight_decay, average_sqr_grad, user_rms_prop_step], lr=lr, sqr_mom=0.99,
                 eps=1e-8, wd=0.0),
+            **ablations["RMSProp"],
         },
     }
 
@@ -111,7 +145,7 @@ def bench_set(label: str, params: list[nn.Parameter], desc: str, reps: int, step
     n = sum(p.numel() for p in params)
     print(f"\n({label}) {desc}: {n / 1e6:.1f}M parameters in {len(params)} tensors, "
           f"median of {reps} x {steps} steps")
-    print(f"{'algorithm':14s} {'variant':42s} {'ms/step':>9s} {'vs fastest torch':>17s}")
+    print(f"{'algorithm':14s} {'variant':44s} {'ms/step':>9s} {'vs fastest torch':>17s}")
     g = torch.Generator().manual_seed(0)
     for p in params:
         p.grad = torch.randn(p.shape, generator=g) * 1e-2
@@ -130,7 +164,7 @@ def bench_set(label: str, params: list[nn.Parameter], desc: str, reps: int, step
         med = {k: statistics.median(v) for k, v in times.items()}
         best_torch = min(v for k, v in med.items() if k.startswith("torch"))
         for k, v in med.items():
-            print(f"{algo:14s} {k:42s} {1000 * v:9.2f} {v / best_torch:16.2f}x")
+            print(f"{algo:14s} {k:44s} {1000 * v:9.2f} {v / best_torch:16.2f}x")
         ours = next(k for k in med if k.startswith("rnnkit"))
         ratio, target = med[ours] / best_torch, TARGETS[label]
         verdicts.append(f"({label}) {ours:14s} {ratio:5.2f}x fastest torch (target <= {target}x): "

@@ -11,7 +11,7 @@ from torch import nn
 
 from rnnkit.optim.lookahead import Lookahead, ranger
 from rnnkit.optim.more import Lamb, Larc, QHAdam, RAdam
-from rnnkit.optim.optimizer import OptimWrapper
+from rnnkit.optim import OptimWrapper
 from rnnkit.optim.recipes import SGD, Adam
 
 STEPS = 10

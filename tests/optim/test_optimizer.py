@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from rnnkit.optim.optimizer import OptimWrapper, Optimizer
+from rnnkit.optim import OptimWrapper, Optimizer
 from rnnkit.optim.recipes import SGD, Adam, RMSProp
 from rnnkit.optim.steppers import sgd_step, stepper, weight_decay
 

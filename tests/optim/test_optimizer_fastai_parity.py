@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from rnnkit.optim.lookahead import Lookahead, ranger
 from rnnkit.optim.more import (Lamb, Larc, QHAdam, RAdam, lamb_step, larc_layer_lr, larc_step,
                                qhadam_step, radam_step)
-from rnnkit.optim.optimizer import (OptimWrapper, Optimizer, detuplify_pg, pytorch_hp_map,
+from rnnkit.optim import (OptimWrapper, Optimizer, detuplify_pg, pytorch_hp_map,
                                       set_item_pg)
 from rnnkit.optim.recipes import SGD, Adam, RMSProp
 from rnnkit.optim.steppers import (adam_step, average_grad, average_sqr_grad, debias, l2_reg,

@@ -19,10 +19,12 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from rnnkit.optim.adam import debias, step_stat
 from rnnkit.optim.optimizer import Optimizer
-from rnnkit.optim.steppers import (_grad, _scratch_like, _scratch_like_all, _sqrt_into,
-                                   average_grad, average_sqr_grad, debias, foreach_of, l2_reg,
-                                   step_stat, stepper, weight_decay)
+from rnnkit.optim.rmsprop import average_sqr_grad
+from rnnkit.optim.sgd import average_grad, l2_reg, weight_decay
+from rnnkit.optim.stepper import (buffer_like, buffers_like, foreach_of, grad_of, sqrt_into, stepper,
+                                  with_scratch)
 
 __all__ = ["radam_step", "qhadam_step", "lamb_step", "larc_layer_lr", "larc_step",
            "RAdam", "QHAdam", "Lamb", "Larc"]
@@ -44,9 +46,10 @@ def _softplus_(t: Tensor, beta: float) -> Tensor:
     return torch._C._nn.softplus(t, beta, 20, out=t)  # type: ignore[call-arg]  # in place: no temporary
 
 
+@with_scratch
 @stepper(beta=0.0)
 def radam_step(p: Tensor, lr: float, mom: float, step: int, sqr_mom: float, grad_avg: Tensor,
-               sqr_avg: Tensor, eps: float, beta: float, **_: Any) -> None:
+               sqr_avg: Tensor, eps: float, beta: float, **kw: Any) -> None:
     """RAdam: Adam with the adaptive step rectified, and plain momentum SGD while it cannot be."""
     debias1 = debias(mom, 1 - mom, step)
     rect = _radam_rect(sqr_mom, step)
@@ -54,23 +57,24 @@ def radam_step(p: Tensor, lr: float, mom: float, step: int, sqr_mom: float, grad
         p.data.add_(grad_avg, alpha=-lr / debias1)
         return
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
-    denom = torch.div(sqr_avg, debias2, out=_scratch_like(sqr_avg)).sqrt_().add_(eps)
+    denom = torch.div(sqr_avg, debias2, out=buffer_like(sqr_avg, kw.get("scratch"))).sqrt_().add_(eps)
     if beta:
         _softplus_(denom, beta)
     p.data.addcdiv_(grad_avg, denom, value=-lr * rect / debias1)
 
 
+@with_scratch
 @foreach_of(radam_step)
 def _radam_step_foreach(ps: Tensors, grads: Tensors, *, lr: float, mom: float, step: int,
                         sqr_mom: float, grad_avg: Tensors, sqr_avg: Tensors, eps: float,
-                        beta: float, **_: Any) -> None:
+                        beta: float, **kw: Any) -> None:
     debias1 = debias(mom, 1 - mom, step)
     rect = _radam_rect(sqr_mom, step)
     if rect is None:
         torch._foreach_add_(ps, grad_avg, alpha=-lr / debias1)
         return
     root2 = math.sqrt(debias(sqr_mom, 1 - sqr_mom, step))
-    denom = _sqrt_into(_scratch_like_all(sqr_avg), sqr_avg)
+    denom = sqrt_into(buffers_like(sqr_avg, kw.get("scratch")), sqr_avg)
     if beta:  # softplus is not linear: debias first
         torch._foreach_div_(denom, root2)
         torch._foreach_add_(denom, eps)
@@ -82,27 +86,29 @@ def _radam_step_foreach(ps: Tensors, grads: Tensors, *, lr: float, mom: float, s
     torch._foreach_addcdiv_(ps, grad_avg, denom, value=-lr * rect * root2 / debias1)
 
 
+@with_scratch
 @stepper(nu_1=0.7, nu_2=1.0)
 def qhadam_step(p: Tensor, lr: float, mom: float, sqr_mom: float, sqr_avg: Tensor,
                 nu_1: float, nu_2: float, step: int, grad_avg: Tensor, eps: float,
-                **_: Any) -> None:
+                **kw: Any) -> None:
     """QHAdam: step along a `nu_1` mix of gradient and debiased average, over a `nu_2` mix of squares."""
     debias1 = debias(mom, 1 - mom, step)
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
-    g = _grad(p)
-    num = torch.mul(g, 1 - nu_1, out=_scratch_like(g, 0)).add_(grad_avg, alpha=nu_1 / debias1)
-    den = torch.mul(g, g, out=_scratch_like(g, 1)).mul_(1 - nu_2)
+    g = grad_of(p)
+    num = torch.mul(g, 1 - nu_1, out=buffer_like(g, kw.get("scratch"), 0)).add_(grad_avg, alpha=nu_1 / debias1)
+    den = torch.mul(g, g, out=buffer_like(g, kw.get("scratch"), 1)).mul_(1 - nu_2)
     den.add_(sqr_avg, alpha=nu_2 / debias2).sqrt_().add_(eps)
     p.data.addcdiv_(num, den, value=-lr)
 
 
+@with_scratch
 @foreach_of(qhadam_step)
 def _qhadam_step_foreach(ps: Tensors, grads: Tensors, *, lr: float, mom: float, sqr_mom: float,
                          sqr_avg: Tensors, nu_1: float, nu_2: float, step: int,
-                         grad_avg: Tensors, eps: float, **_: Any) -> None:
+                         grad_avg: Tensors, eps: float, **kw: Any) -> None:
     debias1 = debias(mom, 1 - mom, step)
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
-    num, den = _scratch_like_all(grads, 0), _scratch_like_all(grads, 1)
+    num, den = buffers_like(grads, kw.get("scratch"), 0), buffers_like(grads, kw.get("scratch"), 1)
     torch._foreach_copy_(num, grads)
     torch._foreach_mul_(num, 1 - nu_1)
     torch._foreach_add_(num, grad_avg, alpha=nu_1 / debias1)
@@ -121,25 +127,27 @@ def _trust_ratio(p_norm: Tensor, u_norm: Tensor, clip: float = 10.0) -> Tensor:
     return torch.where(ok, (p_norm / torch.where(ok, u_norm, 1.0)).clamp(max=clip), 1.0)
 
 
+@with_scratch
 @stepper()
 def lamb_step(p: Tensor, lr: float, mom: float, step: int, sqr_mom: float, grad_avg: Tensor,
-              sqr_avg: Tensor, eps: float, **_: Any) -> None:
+              sqr_avg: Tensor, eps: float, **kw: Any) -> None:
     """LAMB: the Adam update scaled by the layer's trust ratio `||p|| / ||update||` (at most 10)."""
     debias1 = debias(mom, 1 - mom, step)
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
-    u = torch.div(sqr_avg, debias2, out=_scratch_like(sqr_avg)).sqrt_().add_(eps)
+    u = torch.div(sqr_avg, debias2, out=buffer_like(sqr_avg, kw.get("scratch"))).sqrt_().add_(eps)
     torch.div(grad_avg, u, out=u).div_(debias1)
     q = _trust_ratio(p.data.norm(), u.norm())
     p.data.add_(u.mul_(q), alpha=-lr)
 
 
+@with_scratch
 @foreach_of(lamb_step)
 def _lamb_step_foreach(ps: Tensors, grads: Tensors, *, lr: float, mom: float, step: int,
                        sqr_mom: float, grad_avg: Tensors, sqr_avg: Tensors, eps: float,
-                       **_: Any) -> None:
+                       **kw: Any) -> None:
     debias1 = debias(mom, 1 - mom, step)
     root2 = math.sqrt(debias(sqr_mom, 1 - sqr_mom, step))
-    u = _sqrt_into(_scratch_like_all(sqr_avg), sqr_avg)  # u = root2/debias1 * m / (sqrt(v) + eps*root2)
+    u = sqrt_into(buffers_like(sqr_avg, kw.get("scratch")), sqr_avg)  # u = root2/debias1 * m / (sqrt(v) + eps*root2)
     torch._foreach_add_(u, eps * root2)
     torch._foreach_reciprocal_(u)
     torch._foreach_mul_(u, grad_avg)
@@ -166,7 +174,7 @@ def larc_layer_lr(p: Tensor, lr: float, trust_coeff: float, wd: float, eps: floa
     `local_lr` is kept as a 0-dim float64 tensor, never read back with `.item()`: clipped, it
     equals `lr` exactly, as fastai's `min(lr, local_lr)` does, so `state[p]['local_lr'] == lr`.
     """
-    return {"local_lr": _larc_lr(p.data.norm(), _grad(p).norm(), lr, trust_coeff, wd, eps, clip)}
+    return {"local_lr": _larc_lr(p.data.norm(), grad_of(p).norm(), lr, trust_coeff, wd, eps, clip)}
 
 
 @foreach_of(larc_layer_lr)
@@ -179,7 +187,7 @@ def _larc_layer_lr_foreach(ps: Tensors, grads: Tensors, *, lr: float, trust_coef
 @stepper()
 def larc_step(p: Tensor, local_lr: Tensor | float, grad_avg: Tensor | None = None, **_: Any) -> None:
     """Move `p` against its gradient (or `grad_avg`) by its layer-wise `local_lr` (a tensor or a number)."""
-    src = _grad(p) if grad_avg is None else grad_avg
+    src = grad_of(p) if grad_avg is None else grad_avg
     if isinstance(local_lr, Tensor):
         p.data.addcmul_(src, local_lr, value=-1)
     else:

@@ -1,98 +1,41 @@
-"""`Optimizer`, built from stepper functions, and `OptimWrapper` around `torch.optim` optimizers."""
+"""`Optimizer`, an update rule composed of stepper functions (fastai's design), and the base it shares with
+`OptimWrapper`.
+
+`Optimizer.step` is a dispatcher over three paths, chosen per chain of steppers:
+1. `fused`: the recipe declared a function computing the whole chain on a list of parameters
+   (`Optimizer(params, cbs, fused=partial(fused_adam, decouple_wd=True))`, as `Adam`, `SGD` and `RMSProp`
+   do); it runs once per batch of parameters where PyTorch has its kernel (`fused.py`);
+2. `foreach`: every stepper has a batched twin (`stepper.py`); the twins run in order once per batch;
+3. `per_param`: every stepper on every parameter, `cb(p, **{**state, **hypers})`, the protocol user
+   steppers (such as the book's `sgd_cb`) are written for. It is logged once per optimizer, with its
+   cost and how to get a batched path.
+The optimizer owns what the batched paths need: its `ParamGrouping` (`buckets.py`) and its `Scratch`
+buffers.
+"""
 from __future__ import annotations
 
 import inspect
-import math
+import logging
 import warnings
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
-import numpy as np
 import torch
-from fastcore.foundation import L
 from torch import Tensor
 
-from rnnkit.optim.foreach import IMPLS, _explain_stepper_error, _stepper_defaults, batched_step
-from rnnkit.optim.foreach import step_path as _step_path
+from rnnkit.optim.buckets import Batch, ParamGrouping
+from rnnkit.optim.params import as_param_lists, check_lr, copy_to, spread_hyper, to_plain
+from rnnkit.optim.stepper import (Scratch, batched_form, explain_stepper_error, stepper_defaults, stepper_name,
+                                  takes_scratch)
 
-__all__ = ["Optimizer", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
+__all__ = ["BaseOptimizer", "Optimizer", "IMPLS"]
 
 Stepper = Callable[..., Any]
+IMPLS = ("auto", "foreach", "per_param")
+logger = logging.getLogger(__name__)
 
 
-def _to_plain(v: Any) -> Any:
-    """A one-element tensor or numpy scalar as a Python number; anything else unchanged."""
-    if isinstance(v, (Tensor, np.ndarray, np.generic)) and np.size(v) == 1:
-        return v.item()
-    return v
-
-
-def _spread(k: str, v: Any, n: int) -> list[Any]:
-    """One value of hyper-parameter `k` per parameter group, from a scalar, a sequence or a slice."""
-    if isinstance(v, slice):
-        lo, hi = _to_plain(v.start), _to_plain(v.stop)
-        if not lo:  # fastai: the last group gets hi, the others hi/10
-            return [hi / 10] * (n - 1) + [hi]
-        if n == 1:
-            return [hi]
-        if lo * hi < 0:  # fastai's geometric spread would give complex numbers
-            raise ValueError(f"set_hyper('{k}', {v!r}): use slice(lo, hi) with lo and hi of the "
-                             "same sign (spread geometrically) or slice(None, hi).")
-        ratio = (hi / lo) ** (1 / (n - 1))  # as fastai, `v.step` is ignored; hi=0 gives [lo, 0, ...]
-        return [lo] + [lo * ratio**i for i in range(1, n - 1)] + [hi]
-    if isinstance(v, (Tensor, np.ndarray)):
-        v = [v.item()] if np.size(v) == 1 else v.flatten().tolist()
-    if isinstance(v, (list, tuple)):
-        values = [_to_plain(x) for x in v]
-        if len(values) == 1:  # like fastai, a single value goes to every group
-            return values * n
-        if len(values) != n:
-            raise ValueError(f"set_hyper('{k}', ...) got {len(values)} values for {n} parameter "
-                             "groups; pass one value, one value per group, or a slice.")
-        return values
-    return [_to_plain(v)] * n
-
-
-def _is_group(x: Any) -> bool:
-    """Whether `x`, an item of `params`, is a parameter group rather than a parameter."""
-    if isinstance(x, (list, tuple)):
-        return True
-    return not isinstance(x, (Tensor, np.ndarray, str, bytes, dict)) and isinstance(x, Iterable)
-
-
-def _as_param_lists(params: Any) -> list[list[Any]]:
-    """Parameter groups as fastai makes them: one group, or one per item if the first item is a list.
-
-    Parameters are usually tensors, but like fastai's any object is kept (its bookkeeping works;
-    `step` skips what has no `.grad`). A generator or tuple of parameters counts as a group too.
-    """
-    items = [params] if isinstance(params, Tensor) else list(params)
-    if not items:
-        raise ValueError("The optimizer got no parameters; pass model.parameters() or a list of "
-                         "parameter groups (lists of tensors).")
-    if isinstance(items[0], dict):
-        raise TypeError("Optimizer takes parameters or lists of parameters, not torch-style "
-                        "{'params': ...} dicts; pass [group['params'] for group in groups] and set "
-                        "per-group values with set_hyper, or use OptimWrapper.")
-    groups = [list(g) for g in items] if _is_group(items[0]) else [items]
-    if not any(groups):
-        raise ValueError(f"The optimizer got {len(groups)} parameter groups but no parameters.")
-    tensors = [p for g in groups for p in g if isinstance(p, Tensor)]
-    if len({id(p) for p in tensors}) != len(tensors):
-        warnings.warn("Some parameters appear more than once in the parameter groups; as in fastai, "
-                      "each step updates them once per appearance. Give each parameter to one group.",
-                      stacklevel=3)
-    return groups
-
-
-def _check_lr(values: list[Any]) -> None:
-    for i, v in enumerate(values):
-        if isinstance(v, float) and math.isnan(v):
-            raise ValueError(f"lr is NaN for parameter group {i}; pass a number (lr=0 leaves the "
-                             "parameters unchanged).")
-
-
-class _BaseOptimizer:
+class BaseOptimizer:
     """What `Optimizer` and `OptimWrapper` share: parameter access, hyper-parameter setting, freezing."""
 
     _keep_on_clear = ["force_train", "do_wd"]
@@ -119,9 +62,9 @@ class _BaseOptimizer:
 
     def set_hyper(self, k: str, v: Any) -> None:
         """Set hyper-parameter `k` for all groups: a scalar, one value per group, or a slice to spread."""
-        values = _spread(k, v, len(self.param_lists))
+        values = spread_hyper(k, v, len(self.param_lists))
         if k == "lr":
-            _check_lr(values)
+            check_lr(values)
         self._set_hyper(k, values)
 
     def _set_hyper(self, k: str, values: list[Any]) -> None:
@@ -162,31 +105,57 @@ class _BaseOptimizer:
         self.freeze_to(0)
 
 
-class Optimizer(_BaseOptimizer):
+_BaseOptimizer = BaseOptimizer  # fastai's name for it
+
+
+class _Chain(NamedTuple):
+    """How `step` runs one chain of steppers: worked out once per chain (and `impl`), not per step."""
+    key: tuple[Any, ...]
+    path: str
+    twins: list[Stepper]
+    fused: Stepper | None
+    fused_needs: frozenset[str]
+    scratch_at: tuple[list[bool], list[bool], bool]  # which steppers, twins, fused step declare `scratch`
+
+
+def _required_keywords(f: Stepper) -> frozenset[str]:
+    """Keyword-only parameters of `f` that have no default (a partial's keywords count as given)."""
+    params = inspect.signature(f).parameters.values()
+    return frozenset(q.name for q in params if q.kind == q.KEYWORD_ONLY and q.default is q.empty)
+
+
+class Optimizer(BaseOptimizer):
     """An optimizer whose update is the steppers `cbs` applied in order to each parameter.
 
-    `step` runs a fused kernel or the steppers' foreach twins when the chain has them, else
-    each stepper on each parameter (see `rnnkit.optim.foreach`); set `impl` to 'foreach' or
-    'per_param' to force a slower path.
+    `fused`, if given, is the chain's fast path: a function `fused(ps, grads, **state, **hypers)` that
+    computes the whole chain on a list of parameters and returns the new state (or None where it cannot,
+    e.g. SGD without momentum: the twins run instead). It is used while `cbs` is the chain it was
+    declared with. Set `impl` to 'foreach' or 'per_param' to force a slower path.
     """
 
     _impl = "auto"
 
     def __init__(self, params: Iterable[Tensor] | Iterable[Sequence[Tensor]],
-                 cbs: Stepper | Iterable[Stepper], train_bn: bool = True, **defaults: Any) -> None:
-        self.param_lists = _as_param_lists(params)
+                 cbs: Stepper | Iterable[Stepper], train_bn: bool = True, fused: Stepper | None = None,
+                 **defaults: Any) -> None:
+        self.param_lists = as_param_lists(params)
         self.cbs: list[Stepper] = [cbs] if callable(cbs) else list(cbs)
         for cb in self.cbs:
             if not callable(cb):
                 raise TypeError(f"Steppers must be callables like sgd_step, got {cb!r}.")
+        if fused is not None and not callable(fused):
+            raise TypeError(f"fused must be a function computing the whole chain, got {fused!r}.")
         self.train_bn = train_bn
         self.state = defaultdict(dict)
         self.frozen_idx = 0
         self.hypers = [{} for _ in self.param_lists]
-        self._plan: Any = None  # how the batched path buckets the parameters; see foreach.py
+        self.fused, self._fused_for = fused, tuple(self.cbs)
+        self.grouping, self.scratch = ParamGrouping(), Scratch()
+        self._chain: _Chain | None = None
+        self._said_slow = False
         merged: dict[str, Any] = {}
         for cb in self.cbs:
-            merged.update(_stepper_defaults(cb))
+            merged.update(stepper_defaults(cb))
         self.set_hypers(**{**merged, **defaults})
 
     def _set_hyper(self, k: str, values: list[Any]) -> None:
@@ -195,7 +164,7 @@ class Optimizer(_BaseOptimizer):
 
     @property
     def impl(self) -> str:
-        """'auto' (fused kernel, else foreach twins, else per parameter), 'foreach' or 'per_param'."""
+        """'auto' (fused, else foreach twins, else per parameter), 'foreach' or 'per_param'."""
         return self._impl
 
     @impl.setter
@@ -204,10 +173,30 @@ class Optimizer(_BaseOptimizer):
             raise ValueError(f"impl must be one of {IMPLS}, got {v!r}.")
         self._impl = v
 
+    def _chain_plan(self) -> _Chain:
+        key = (self._impl, self.fused, *map(id, self.cbs))
+        chain = self._chain
+        if chain is not None and chain.key == key:
+            return chain
+        twins = [batched_form(cb) for cb in self.cbs]
+        declared = self.fused is not None and len(self.cbs) == len(self._fused_for) and all(
+            a is b for a, b in zip(self.cbs, self._fused_for))
+        if self._impl == "per_param" or any(t is None for t in twins):
+            path = "per_param"
+        else:
+            path = "fused" if self._impl == "auto" and declared else "foreach"
+        fused = self.fused if path == "fused" else None
+        needs = frozenset() if fused is None else _required_keywords(fused)
+        found = [t for t in twins if t is not None]
+        scratch_at = ([takes_scratch(cb) for cb in self.cbs], [takes_scratch(t) for t in found],
+                      fused is not None and takes_scratch(fused))
+        self._chain = _Chain(key, path, found, fused, needs, scratch_at)
+        return self._chain
+
     @property
     def step_path(self) -> str:
         """The path `step` takes with these steppers: 'fused', 'foreach' or 'per_param'."""
-        return _step_path(self.cbs, self.impl)
+        return self._chain_plan().path
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -219,15 +208,15 @@ class Optimizer(_BaseOptimizer):
         if len(groups) != len(self.param_lists):
             raise ValueError(f"Expected {len(self.param_lists)} parameter groups, received "
                              f"{len(groups)}.")
-        self.param_lists = _as_param_lists([g["params"] for g in groups])
+        self.param_lists = as_param_lists([g["params"] for g in groups])
         for hyper, g in zip(self.hypers, groups):
-            hyper.update({k: _to_plain(v) for k, v in g.items() if k != "params"})
+            hyper.update({k: to_plain(v) for k, v in g.items() if k != "params"})
 
     def _call(self, cb: Stepper, p: Tensor, kwargs: dict[str, Any]) -> Any:
         try:
             return cb(p, **kwargs)
         except TypeError as e:
-            reason = _explain_stepper_error(cb, kwargs)
+            reason = explain_stepper_error(cb, kwargs)
             if reason is None:
                 raise
             raise ValueError(reason) from e
@@ -239,19 +228,70 @@ class Optimizer(_BaseOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not batched_step(self):
-            self._step_per_param()
+        chain = self._chain_plan()
+        batches = None if chain.path == "per_param" else self.grouping.batches(self, chain.fused)
+        if batches is None:
+            self._say_slow(chain)
+            self._step_per_param(chain)
+            return loss
+        for b in batches:
+            kwargs = {**b.state, **b.hyper}
+            new = None
+            if b.fused and chain.fused is not None and chain.fused_needs <= kwargs.keys():
+                if chain.scratch_at[2]:
+                    kwargs["scratch"] = self.scratch
+                new = chain.fused(b.params, b.grads, **kwargs)
+            b.write_back(self._run_twins(chain, b) if new is None else new)
         return loss
 
-    def _step_per_param(self) -> None:
+    def _run_twins(self, chain: _Chain, b: Batch) -> dict[str, Any]:
+        """The twins in order on batch `b`, as the per-parameter path runs the steppers; the new state."""
+        new: dict[str, Any] = {}
+        for cb, twin, scratch in zip(self.cbs, chain.twins, chain.scratch_at[1]):
+            kwargs = {**b.state, **b.hyper}
+            if scratch:
+                kwargs["scratch"] = self.scratch
+            try:
+                out = twin(b.params, b.grads, **kwargs)
+            except TypeError as e:
+                reason = explain_stepper_error(cb, kwargs)
+                if reason is None:
+                    raise
+                raise ValueError(reason) from e
+            if isinstance(out, dict):
+                b.state.update(out)
+                new.update(out)
+        return new
+
+    def _say_slow(self, chain: _Chain) -> None:
+        """Log once that this optimizer steps parameter by parameter, why, and what it costs."""
+        if self._said_slow or self._impl == "per_param":
+            return
+        self._said_slow = True
+        plain = [stepper_name(cb) for cb in self.cbs if batched_form(cb) is None]
+        why = (f"steppers without a foreach twin: {', '.join(plain)}" if plain else
+               "a parameter is not a dense real tensor, or appears twice")
+        logger.info("Optimizer.step runs each stepper on each parameter (%s). That is one Python call per "
+                    "stepper and parameter: 5-14x slower than the batched path on 400 small tensors, 1.9x on "
+                    "fastai's AWD-LSTM (benchmarks/bench_optim.py). For a batched step, register a twin with "
+                    "@foreach_of(stepper), or use a recipe (Adam, SGD, RMSProp) whose fused step is declared.",
+                    why)
+
+    def clear_state(self) -> None:
+        """Drop the optimizer state, keeping only the per-parameter flags in `_keep_on_clear`."""
+        super().clear_state()
+        self.grouping.reset()
+
+    def _step_per_param(self, chain: _Chain) -> None:
+        extra = [{"scratch": self.scratch} if declared else {} for declared in chain.scratch_at[0]]
         for i, (pl, hyper) in enumerate(zip(self.param_lists, self.hypers)):
             frozen = i < self.frozen_idx
             for p in pl:
                 if getattr(p, "grad", None) is None or (frozen and not self._trains_when_frozen(p)):
                     continue
                 state = self.state[p]
-                for cb in self.cbs:
-                    new_state = self._call(cb, p, {**state, **hyper})
+                for cb, more in zip(self.cbs, extra):
+                    new_state = self._call(cb, p, {**state, **hyper, **more})
                     if isinstance(new_state, dict):
                         state.update(new_state)
 
@@ -292,223 +332,8 @@ class Optimizer(_BaseOptimizer):
         if len(sd["state"]) != len(params):
             raise ValueError(f"The state dict has state for {len(sd['state'])} parameters but this "
                              f"optimizer has {len(params)}; expected {len(params)}.")
-        self.hypers = [{k: _to_plain(v) for k, v in h.items()} for h in sd["hypers"]]
+        self.hypers = [{k: to_plain(v) for k, v in h.items()} for h in sd["hypers"]]
         self.state = defaultdict(dict)
+        self.grouping.reset()
         for p, s in zip(params, sd["state"]):
-            self.state[p] = {k: _copy_to(v, getattr(p, "device", None)) for k, v in s.items()}
-
-
-def _torch_state_to_param_devices(opt: torch.optim.Optimizer) -> None:
-    """Move a torch optimizer's state to its parameters' devices as its `load_state_dict` places it: all
-    of it, but a `step` count on the CPU stays there unless the group is `capturable` or `fused`."""
-    for group in opt.param_groups:
-        step_on_device = bool(group.get("capturable") or group.get("fused"))
-        for p in group["params"]:
-            st = opt.state.get(p)
-            if not st:
-                continue
-            for k, v in st.items():
-                if (isinstance(v, Tensor) and v.device != p.device
-                        and not (k == "step" and v.device.type == "cpu" and not step_on_device)):
-                    st[k] = v.to(p.device)
-
-
-def _copy_to(v: Any, device: torch.device | None) -> Any:
-    """A copy of `v` with its tensors on `device` (where they are if None): no shared buffers."""
-    if isinstance(v, Tensor):
-        return v.clone() if device is None else v.to(device, copy=True)
-    if isinstance(v, dict):
-        return {k: _copy_to(x, device) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return type(v)(_copy_to(x, device) for x in v)
-    return v
-
-
-# torch hyper-parameter name -> rnnkit name; `name__i` is item i of a tuple such as `betas`.
-pytorch_hp_map = {"momentum": "mom", "weight_decay": "wd", "alpha": "sqr_mom",
-                  "betas__0": "mom", "betas__1": "sqr_mom"}
-
-
-def detuplify_pg(d: dict[str, Any]) -> dict[str, Any]:
-    """The hyper-parameters of torch param group `d` (all but 'params'), a tuple or list value
-    `k=(a, b)` split into `k__0=a, k__1=b`."""
-    res: dict[str, Any] = {}
-    for k, v in d.items():
-        if k == "params":
-            continue
-        if isinstance(v, (tuple, list, L)):
-            res.update({f"{k}__{i}": x for i, x in enumerate(v)})
-        else:
-            res[k] = v
-    return res
-
-
-def set_item_pg(pg: dict[str, Any], k: str, v: Any) -> dict[str, Any]:
-    """Set `k` of param group `pg` to `v` in place and return `pg`; `name__i` replaces item i of the
-    tuple `pg[name]` (the inverse of `detuplify_pg` for one key)."""
-    name, sep, idx = k.rpartition("__")
-    if not sep or not idx.isdigit() or not isinstance(pg.get(name), (tuple, list, L)):
-        pg[k] = v
-        return pg
-    items, i = pg[name], int(idx)
-    if i >= len(items):
-        raise ValueError(f"set_item_pg: `{k}` asks for item {i} of `{name}`, which has {len(items)} "
-                         f"items ({items!r}); use an index below {len(items)}.")
-    pg[name] = tuple(v if j == i else x for j, x in enumerate(items))
-    return pg
-
-
-def _torch_groups(items: list[Any]) -> list[dict[str, Any]]:
-    """`params` for a torch optimizer, as fastai converts them: a torch-style dict group goes on as it
-    is (torch fills in its defaults), any other group becomes `{'params': group}`."""
-    if not any(isinstance(x, dict) for x in items):
-        return [{"params": g} for g in _as_param_lists(items)]
-    groups = []
-    for i, x in enumerate(items):
-        if isinstance(x, dict):
-            if "params" not in x:
-                raise ValueError(f"Parameter group {i} is a dict without a 'params' key (keys: "
-                                 f"{sorted(map(str, x))}); write it as {{'params': [...], 'lr': ...}}.")
-            groups.append(x)
-        elif _is_group(x):
-            groups.append({"params": list(x)})
-        else:
-            raise TypeError(f"Item {i} of params is a {type(x).__name__}, next to torch-style dict "
-                            "groups; pass a list of groups only (dicts or lists of parameters).")
-    return groups
-
-
-def _split_kwargs(opt_cls: Callable[..., Any], hp_map: dict[str, str], kwargs: dict[str, Any]
-                  ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Kwargs `opt_cls` takes (renamed to torch names), and those to set once it is built."""
-    try:
-        accepted = set(inspect.signature(opt_cls).parameters)
-    except (TypeError, ValueError):
-        accepted = set()
-    now, later = {}, {}
-    for k, v in kwargs.items():
-        torch_names = [t for t, r in hp_map.items() if r == k]
-        direct = [t for t in torch_names if t in accepted]
-        if isinstance(v, (slice, list, np.ndarray)):  # per-group values: spread by set_hyper
-            later[k] = v
-        elif k in accepted or (not accepted and not torch_names):
-            now[k] = v
-        elif direct:
-            now[direct[0]] = v
-        else:
-            later[k] = v
-    return now, later
-
-
-class OptimWrapper(_BaseOptimizer):
-    """A `torch.optim` optimizer behind the `Optimizer` interface, with rnnkit hyper-parameter names."""
-
-    def __init__(self, params: Any, opt: Callable[..., torch.optim.Optimizer] | torch.optim.Optimizer,
-                 hp_map: dict[str, str] | None = None, convert_groups: bool = True,
-                 **kwargs: Any) -> None:
-        hp_map = dict(pytorch_hp_map if hp_map is None else hp_map)
-        own: list[set[str]] = []  # the keys each torch-style dict group sets itself
-        if isinstance(opt, torch.optim.Optimizer):
-            if params is not None:
-                raise ValueError("OptimWrapper got both `params` and an already built optimizer; "
-                                 "pass params=None with a built optimizer, or pass its class.")
-            self.opt = opt
-        else:
-            items = [params] if isinstance(params, (Tensor, dict)) else list(params)
-            torch_params: Any = _torch_groups(items) if convert_groups else items
-            if all(isinstance(g, dict) for g in torch_params):
-                own = [set(g) for g in torch_params]  # before torch adds its defaults to them
-            now, kwargs = _split_kwargs(opt, hp_map, kwargs)
-            self.opt = opt(torch_params, **now)
-        keys = detuplify_pg(self.opt.param_groups[0])
-        self._fwd = {k: hp_map.get(k, k) for k in keys}
-        self._bwd = {v: k for k, v in reversed(list(self._fwd.items()))}
-        self.state = defaultdict(dict)
-        self.train_bn = True
-        self.frozen_idx = 0
-        self._devices: tuple[Any, ...] = ()  # of each group's first parameter when last stepped
-        for k, v in kwargs.items():
-            self._set_default(k, v, own)
-
-    def _set_default(self, k: str, v: Any, own: list[set[str]]) -> None:
-        """Set a constructor kwarg that `opt` did not take: like torch's defaults, a scalar leaves
-        the groups that set that hyper-parameter themselves alone; per-group values set every group."""
-        if isinstance(v, (slice, list, np.ndarray)) or not any(len(o) > 1 for o in own):
-            self.set_hyper(k, v)
-            return
-        torch_key = self._torch_key(k)
-        values = _spread(k, v, len(self.opt.param_groups))
-        values = [detuplify_pg(g)[torch_key] if any(torch_key == o or torch_key.startswith(f"{o}__")
-                                                    for o in mine) else x
-                  for g, mine, x in zip(self.opt.param_groups, own, values)]
-        if k == "lr":
-            _check_lr(values)
-        self._set_hyper(k, values)
-
-    @property
-    def hypers(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        """The hyper-parameters of each group under rnnkit names (`lr, mom, sqr_mom, eps, wd`), and
-        every other key of the torch group under its own name, as fastai's (see `detuplify_pg`)."""
-        return [{self._fwd.get(k, k): v for k, v in detuplify_pg(g).items()}
-                for g in self.opt.param_groups]
-
-    def _torch_key(self, k: str) -> str:
-        """The torch name (`betas__0` for an item of a tuple) of hyper-parameter `k`, an rnnkit or torch name."""
-        torch_key = self._bwd.get(k, k if k in self._fwd else None)
-        if torch_key is None:
-            raise ValueError(f"{type(self.opt).__name__} has no hyper-parameter `{k}`; it has "
-                             f"{', '.join(sorted(self._bwd))}.")
-        return torch_key
-
-    def _set_hyper(self, k: str, values: list[Any]) -> None:
-        torch_key = self._torch_key(k)
-        for group, v in zip(self.opt.param_groups, values):
-            set_item_pg(group, torch_key, v)
-
-    @property
-    def param_lists(self) -> list[list[Tensor]]:
-        """The parameters of each group of the wrapped optimizer; settable, as in fastai."""
-        return [g["params"] for g in self.opt.param_groups]
-
-    @param_lists.setter
-    def param_lists(self, v: Iterable[Iterable[Tensor]]) -> None:
-        for group, params in zip(self.opt.param_groups, v):  # like fastai, one list per group
-            group["params"] = list(params)
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        """The wrapped optimizer's own `param_groups` (torch names)."""
-        return self.opt.param_groups
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Step the wrapped optimizer, leaving frozen groups untouched."""
-        devices = tuple([g["params"][0].device if g["params"] else None for g in self.opt.param_groups])
-        if devices != self._devices:  # first step, or the model moved since: its state follows
-            _torch_state_to_param_devices(self.opt)
-            self._devices = devices
-        hidden = [(p, p.grad) for pl in self.param_lists[: self.frozen_idx] for p in pl
-                  if p.grad is not None and not self._trains_when_frozen(p)]
-        for p, _ in hidden:
-            p.grad = None
-        try:
-            return self.opt.step(closure)
-        finally:
-            for p, g in hidden:
-                p.grad = g
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero (by default drop, as torch does) the gradients."""
-        self.opt.zero_grad(set_to_none=set_to_none)
-
-    def clear_state(self) -> None:
-        """Drop the wrapped optimizer's state, keeping the per-parameter flags."""
-        self.opt.state = defaultdict(dict)
-        super().clear_state()
-
-    def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's `state_dict`."""
-        return self.opt.state_dict()
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        """Load a `state_dict` into the wrapped optimizer."""
-        self.opt.load_state_dict(sd)
+            self.state[p] = {k: copy_to(v, getattr(p, "device", None)) for k, v in s.items()}

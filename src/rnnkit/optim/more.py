@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rnnkit.optim.adam import debias, step_stat
@@ -43,7 +44,8 @@ def _radam_rect(sqr_mom: float, step: int) -> float | None:
 
 
 def _softplus_(t: Tensor, beta: float) -> Tensor:
-    return torch._C._nn.softplus(t, beta, 20, out=t)  # type: ignore[call-arg]  # in place: no temporary
+    # The public op makes a temporary; RAdam's `beta` (a softplus denominator) is off by default and rare.
+    return t.copy_(F.softplus(t, beta, 20))
 
 
 @with_scratch

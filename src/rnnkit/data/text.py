@@ -15,6 +15,7 @@ from rnnkit.data.numericalize import numericalize_tokens
 from rnnkit.data.stream import TokenStream
 from rnnkit.data.tokenize import Tokenizer, BaseTokenizer
 from rnnkit.data.vocab import Vocab
+from rnnkit.errors import UserError
 
 __all__ = ["TextDataLoaders"]
 
@@ -40,7 +41,7 @@ class TextDataLoaders(DataLoaders):
         for name, st in (("train", train), ("valid", valid)):
             ids = st.ids if isinstance(st, TokenStream) else np.asarray(st)
             if len(ids) and int(ids.max()) >= len(vocab):
-                raise ValueError(f"the {name} ids go up to {int(ids.max())} but the vocabulary has {len(vocab)} "
+                raise UserError(f"the {name} ids go up to {int(ids.max())} but the vocabulary has {len(vocab)} "
                                  "tokens: numericalize with this vocabulary")
         train_dl = LMDataLoader(train, bs=bs, seq_len=seq_len, shuffle=shuffle, random_bptt=random_bptt,
                                 seed=seed, device=device, **kwargs)
@@ -72,10 +73,10 @@ class TextDataLoaders(DataLoaders):
                    **kwargs: Any) -> TextDataLoaders:
         """Loaders over lists of documents; documents are shuffled between epochs when `shuffle=True`."""
         tok = Tokenizer.from_name(tokenizer) if isinstance(tokenizer, str) else tokenizer
-        if hasattr(tok, "setup") and getattr(tok, "_sp", 1) is None:
+        if hasattr(tok, "setup") and getattr(tok, "needs_setup", False):  # a subword tokenizer learns its pieces
             tok.setup(train_texts)
         if not any(t.strip() for t in train_texts) or not any(t.strip() for t in valid_texts):
-            raise ValueError("from_texts needs non-empty training and validation texts")
+            raise UserError("from_texts needs non-empty training and validation texts")
         train_docs = [tok.encode(t) for t in train_texts]
         valid_docs = [tok.encode(t) for t in valid_texts]
         if vocab is None:

@@ -10,9 +10,10 @@ from torch import nn
 
 from rnnkit.data.core import DataLoader, DataLoaders
 from rnnkit.data.external import URLs, untar_data
-from rnnkit.data.human_numbers import group_chunks, human_numbers_tokens
+from rnnkit.data.human_numbers import group_chunks, human_numbers_lm_dls, human_numbers_tokens
 from rnnkit.data.lm_loader import LMDataLoader
 from rnnkit.data.stream import TokenStream
+from rnnkit.errors import UserError
 from rnnkit.losses import CrossEntropyLossFlat
 from rnnkit.training.learner import Learner
 
@@ -121,17 +122,24 @@ def test_random_windows_cover_the_rows_exactly():
 
 
 def test_too_large_bs_times_seq_len_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"100 tokens.*bs=8.*seq_len=20.*12 tokens.*Lower bs or seq_len"):
+    with pytest.raises(UserError, match=r"100 tokens.*bs=8.*seq_len=20.*12 tokens.*Lower bs or seq_len"):
         LMDataLoader(torch.arange(100), bs=8, seq_len=20)
     LMDataLoader(torch.arange(161), bs=8, seq_len=20)  # exactly enough: 8 * 20 + 1
 
 
+def test_the_chapters_loaders_refuse_a_batch_size_larger_than_the_data(tmp_path):
+    (tmp_path / "train.txt").write_text("one \ntwo \n")
+    (tmp_path / "valid.txt").write_text("three \n")
+    with pytest.raises(UserError, match=r"bs=4 with sl=2 is larger than the data allows.*use a smaller bs"):
+        human_numbers_lm_dls(bs=4, sl=2, path=tmp_path)
+
+
 def test_bad_options_are_rejected():
-    with pytest.raises(ValueError, match="bs must be an int >= 1, got 0"):
+    with pytest.raises(UserError, match="bs must be an int >= 1, got 0"):
         LMDataLoader(torch.arange(100), bs=0)
-    with pytest.raises(ValueError, match="p_half"):
+    with pytest.raises(UserError, match="p_half"):
         LMDataLoader(torch.arange(100), bs=2, seq_len=5, p_half=1.5)
-    with pytest.raises(ValueError, match="max_seq_len must be an int >= 5"):
+    with pytest.raises(UserError, match="max_seq_len must be an int >= 5"):
         LMDataLoader(torch.arange(100), bs=2, seq_len=5, max_seq_len=3)
 
 
@@ -265,7 +273,7 @@ def test_state_saved_after_the_last_batch_resumes_at_the_next_epoch():
     dl2 = LMDataLoader(torch.arange(100), bs=2, seq_len=10)
     dl2.load_state_dict(state)
     assert dl2.state_dict()["epoch"] == 1 and dl2.state_dict()["batch"] == 0
-    with pytest.raises(ValueError, match="past the end of epoch 0"):
+    with pytest.raises(UserError, match="past the end of epoch 0"):
         dl2.load_state_dict({"epoch": 0, "batch": 99})
 
 

@@ -46,6 +46,7 @@ import torch
 
 from rnnkit.data.core import DeviceMixin
 from rnnkit.data.stream import TokenStream
+from rnnkit.errors import UserError
 
 __all__ = ["LMDataLoader"]
 
@@ -61,7 +62,7 @@ def _as_stream(dataset: Any) -> TokenStream:
         return TokenStream.from_array(dataset)
     items = list(dataset)  # a list, tuple or fastcore `L`: of documents, or of ids
     if not items:
-        raise ValueError("LMDataLoader got an empty dataset; pass token ids or a list of documents.")
+        raise UserError("LMDataLoader got an empty dataset; pass token ids or a list of documents.")
     if all(isinstance(d, (torch.Tensor, np.ndarray, list, tuple)) and np.ndim(d) == 1 for d in items):
         return TokenStream.from_docs(items)
     return TokenStream.from_array(items)
@@ -69,7 +70,7 @@ def _as_stream(dataset: Any) -> TokenStream:
 
 def _check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+        raise UserError(f"{name} must be an int >= {low}, got {value!r}.")
     return int(value)
 
 
@@ -116,15 +117,15 @@ class LMDataLoader(DeviceMixin):
         self.max_seq_len = (None if max_seq_len is None
                             else _check_int("max_seq_len", max_seq_len, self.min_seq_len))
         if not 0 <= p_half <= 1:
-            raise ValueError(f"p_half is a probability and must be in [0, 1], got {p_half!r}.")
+            raise UserError(f"p_half is a probability and must be in [0, 1], got {p_half!r}.")
         if not sigma >= 0:
-            raise ValueError(f"sigma is a standard deviation and must be >= 0, got {sigma!r}.")
+            raise UserError(f"sigma is a standard deviation and must be >= 0, got {sigma!r}.")
         self.p_half, self.sigma = float(p_half), float(sigma)
         self.shuffle, self.random_bptt, self.drop_last = bool(shuffle), bool(random_bptt), bool(drop_last)
         self.dataset = dataset
         self.stream = _as_stream(dataset)
         if self.row_len < self.seq_len:
-            raise ValueError(
+            raise UserError(
                 f"LMDataLoader got {self.n} tokens, too few for bs={self.bs} rows of seq_len={self.seq_len}: "
                 f"each row would hold {self.row_len} tokens (it needs seq_len + 1 with its target). "
                 f"Lower bs or seq_len so that bs * seq_len + 1 <= {self.n}."
@@ -195,7 +196,7 @@ class LMDataLoader(DeviceMixin):
         epoch, batch = _check_int("epoch", state["epoch"], 0), _check_int("batch", state["batch"], 0)
         total = self._n_batches(epoch)
         if batch > total:
-            raise ValueError(f"batch {batch} is past the end of epoch {epoch}, which has {total} batches; "
+            raise UserError(f"batch {batch} is past the end of epoch {epoch}, which has {total} batches; "
                              "was the state saved by a loader with other data, bs or seq_len?")
         if batch == total:  # saved after the last batch: the epoch is over
             epoch, batch = epoch + 1, 0

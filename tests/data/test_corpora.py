@@ -9,6 +9,7 @@ import torch
 from rnnkit.data.corpora import read_corpus, read_folder
 from rnnkit.data.text import TextDataLoaders
 from rnnkit.data.vocab import Vocab
+from rnnkit.errors import MissingFileError, UserError
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared corpora) is not beside the repo")
@@ -57,30 +58,42 @@ def test_folder_and_texts_build_loaders_with_vocab(tmp_path, capsys):
 
 
 def test_bad_input_errors_name_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    # The user's mistakes are UserErrors (a missing file also a FileNotFoundError): the CLI prints them in one line.
+    with pytest.raises(MissingFileError, match="does not exist"):
         read_corpus("ptb", tmp_path / "nope")
     (tmp_path / "train.txt").write_text("some words here\n")
-    with pytest.raises(FileNotFoundError, match="no valid file"):
+    with pytest.raises(UserError, match="train.txt is a file; give the folder"):
+        read_corpus("ptb", tmp_path / "train.txt")
+    with pytest.raises(MissingFileError, match="no valid file"):
         read_folder(tmp_path)
+    with pytest.raises(MissingFileError, match="nope/train.txt is missing"):
+        read_corpus("human_numbers", tmp_path / "nope")
     (tmp_path / "valid.txt").write_text("   \n")
-    with pytest.raises(ValueError, match="empty or whitespace-only"):
+    with pytest.raises(UserError, match="empty or whitespace-only"):
         read_folder(tmp_path)
-    with pytest.raises(ValueError, match="unknown corpus 'imdb'"):
+    with pytest.raises(UserError, match="unknown corpus 'imdb'"):
         read_corpus("imdb", tmp_path)
     with pytest.raises(ValueError, match="vocabulary has 3 tokens"):
         TextDataLoaders.from_tensors(torch.arange(100) % 5, torch.arange(50) % 5, ["a", "b", "c"], bs=2, seq_len=4)
-    with pytest.raises(ValueError, match="bs"):
+    with pytest.raises(UserError, match="bs"):
         TextDataLoaders.from_tensors(torch.arange(100) % 3, torch.arange(50) % 3, ["a", "b", "c"], bs=64, seq_len=70)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "train.txt").write_bytes(b"caf\xe9 au lait\n")
     (tmp_path / "bad" / "valid.txt").write_text("x\n")
-    with pytest.raises(ValueError, match=r"train.txt is not UTF-8: byte offset 3 \(line 1\)"):
+    with pytest.raises(UserError, match=r"train.txt is not UTF-8: byte offset 3 \(line 1\)"):
         read_folder(tmp_path / "bad")
+    (tmp_path / "ts").mkdir()
+    (tmp_path / "ts" / "input.txt").write_text("")
+    with pytest.raises(UserError, match="input.txt is empty"):
+        read_corpus("tinyshakespeare", tmp_path / "ts")
+    (tmp_path / "ts" / "input.txt").write_text("a")
+    with pytest.raises(UserError, match=r"too short to split into training and validation text \(length 1\)"):
+        read_corpus("tinyshakespeare", tmp_path / "ts")
 
 
 def test_vocab_saved_beside_a_model_must_match(tmp_path):
     c = read_corpus("human_numbers")
     c.vocab.save(tmp_path / "vocab.json")
     other = Vocab(["a", "b"], unk=None, pad=None)
-    with pytest.raises(ValueError, match="Vocabulary mismatch"):
+    with pytest.raises(UserError, match="Vocabulary mismatch"):
         Vocab.load(tmp_path / "vocab.json").check_matches(other)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rnnkit.data.external import URLs, untar_data
+from rnnkit.errors import UserError
 from rnnkit.utils import L
 
 EVIL_URL = "https://example.invalid/data/evil.tgz"
@@ -229,3 +230,9 @@ def test_download_is_cached_and_extracted(home, tmp_path, monkeypatch):
 def test_unknown_c_key_is_rejected(home):
     with pytest.raises(ValueError, match="c_key must be one of"):
         untar_data(URLs.HUMAN_NUMBERS, c_key="nope")
+
+
+def test_an_unwritable_cache_folder_is_the_users_mistake(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(UserError, match=r"cannot write Human Numbers into .*afile.*set RNNKIT_HOME to a writable"):
+        untar_data(URLs.HUMAN_NUMBERS, base=tmp_path / "afile")

@@ -12,6 +12,7 @@ import torch
 from rnnkit.data.numericalize import Numericalize, numericalize_file, numericalize_tokens, read_text
 from rnnkit.data.tokenize import UNK, CharTokenizer, PreTokenizedTokenizer, WordTokenizer
 from rnnkit.data.vocab import Vocab
+from rnnkit.errors import MissingFileError, UserError
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -112,15 +113,15 @@ def test_read_text_decompresses_and_normalizes_newlines(tmp_path):
 def test_non_utf8_bytes_name_the_file_and_position(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("first line\nna\u00efve\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1\.txt is not UTF-8: byte offset 13 \(line 2\)"):
+    with pytest.raises(UserError, match=r"latin1\.txt is not UTF-8: byte offset 13 \(line 2\)"):
         numericalize_file(path, "pretokenized")
 
 
 def test_missing_and_empty_files_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"No text file at .*missing\.txt; expected a UTF-8 corpus"):
+    with pytest.raises(MissingFileError, match=r"No text file at .*missing\.txt; expected a UTF-8 corpus"):
         numericalize_file(tmp_path / "missing.txt", "pretokenized")
     (tmp_path / "empty.txt").write_text(" \n\n")
-    with pytest.raises(ValueError, match=r"empty\.txt is empty or whitespace-only"):
+    with pytest.raises(UserError, match=r"empty\.txt is empty or whitespace-only"):
         numericalize_file(tmp_path / "empty.txt", "pretokenized")
 
 

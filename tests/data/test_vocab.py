@@ -9,6 +9,7 @@ import pytest
 
 from rnnkit.data.tokenize import PAD, SPECIAL_TOKENS, UNK
 from rnnkit.data.vocab import FAKE_TOKEN, Vocab
+from rnnkit.errors import MissingFileError, UserError
 
 TOKENS = "b a c a b a d a b c e".split()  # a:4 b:3 c:2 d:1 e:1
 
@@ -113,15 +114,15 @@ def test_save_load_round_trip(tmp_path):
 def test_load_rejects_bad_files_with_clear_errors(tmp_path, content, match):
     path = tmp_path / "vocab.json"
     path.write_text(content, encoding="utf-8")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UserError, match=match):
         Vocab.load(path)
 
 
 def test_load_rejects_missing_and_binary_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No vocabulary file"):
+    with pytest.raises(MissingFileError, match="No vocabulary file"):
         Vocab.load(tmp_path / "nope.json")
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(ValueError, match="not UTF-8"):
+    with pytest.raises(UserError, match="not UTF-8"):
         Vocab.load(tmp_path / "bin.json")
 
 
@@ -129,11 +130,11 @@ def test_check_matches_explains_size_and_token_differences():
     v = Vocab.build(TOKENS, min_freq=1)
     v.check_matches(16)
     v.check_matches(Vocab(list(v.itos)))
-    with pytest.raises(ValueError, match=r"has 16 tokens but the checkpoint expects 10000.*saved beside the"):
+    with pytest.raises(UserError, match=r"has 16 tokens but the checkpoint expects 10000.*saved beside the"):
         v.check_matches(10000)
     other = list(v.itos)
     other[10] = "zzz"
-    with pytest.raises(ValueError, match=r"first difference is id 10: 'b' here, 'zzz' in the model"):
+    with pytest.raises(UserError, match=r"first difference is id 10: 'b' here, 'zzz' in the model"):
         v.check_matches(other, what="model")
-    with pytest.raises(ValueError, match="one is a prefix of the other"):
+    with pytest.raises(UserError, match="one is a prefix of the other"):
         v.check_matches(v.itos[:-1])

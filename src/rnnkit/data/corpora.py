@@ -20,6 +20,7 @@ from rnnkit.data.tokenize import (
     CharTokenizer, PreTokenizedTokenizer, SubwordTokenizer, Tokenizer, BaseTokenizer,
 )
 from rnnkit.data.vocab import Vocab
+from rnnkit.errors import MissingFileError, UserError
 
 __all__ = ["Corpus", "read_corpus", "read_ptb", "read_wikitext", "read_tinyshakespeare",
            "read_human_numbers", "read_folder", "CORPUS_READERS"]
@@ -46,16 +47,18 @@ def _find(folder: Path, names: list[str], what: str) -> Path:
         for candidate in (folder / n, folder / f"{n}.xz"):
             if candidate.is_file():
                 return candidate
-    raise FileNotFoundError(f"{folder} has no {what} file: expected one of {', '.join(names)} "
-                            "(or the same name with .xz)")
+    raise MissingFileError(f"{folder} has no {what} file: expected one of {', '.join(names)} "
+                           "(or the same name with .xz)")
 
 
 def _check_folder(path: str | os.PathLike | None, corpus: str) -> Path:
     if path is None:
-        raise ValueError(f"the {corpus} reader needs the folder that holds the corpus files")
+        raise UserError(f"the {corpus} reader needs the folder that holds the corpus files (--data)")
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"corpus folder {folder} is a file; give the folder that holds the {corpus} files")
     if not folder.is_dir():
-        raise FileNotFoundError(f"corpus folder {folder} does not exist")
+        raise MissingFileError(f"corpus folder {folder} does not exist")
     return folder
 
 
@@ -67,7 +70,7 @@ def _read_splits(name: str, folder: Path, files: dict[str, list[str]], tok: Base
     for split in ("valid", "test"):
         try:
             f = _find(folder, files[split], split)
-        except FileNotFoundError:
+        except MissingFileError:
             if split == "valid":
                 raise
             continue
@@ -98,13 +101,15 @@ def read_tinyshakespeare(path: str | os.PathLike | None, valid_pct: float = 0.1)
     f = _find(folder, ["input.txt"], "text")
     text = read_text(f)
     if not text.strip():
-        raise ValueError(f"{f} is empty; expected Tiny Shakespeare's text")
+        raise UserError(f"{f} is empty; expected Tiny Shakespeare's text")
     tok = CharTokenizer()
     chars = list(text)
     vocab = Vocab.build(chars, min_freq=1, max_vocab=None, special_toks=(), pad_to_multiple=None,
                         unk=None, pad=None)
     ids = numericalize_tokens(chars, vocab)
     cut = int(len(ids) * (1 - valid_pct))
+    if not 0 < cut < len(ids):
+        raise UserError(f"{f} is too short to split into training and validation text (length {len(ids)})")
     return Corpus("tinyshakespeare", vocab, tok,
                   {"train": TokenStream.from_array(ids[:cut]), "valid": TokenStream.from_array(ids[cut:])})
 
@@ -145,5 +150,5 @@ def read_corpus(name: str, path: str | os.PathLike | None = None) -> Corpus:
     try:
         reader = CORPUS_READERS[name]
     except KeyError:
-        raise ValueError(f"unknown corpus {name!r}; use one of {', '.join(CORPUS_READERS)}") from None
+        raise UserError(f"unknown corpus {name!r}; use one of {', '.join(CORPUS_READERS)}") from None
     return reader(path)

@@ -16,6 +16,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PureWindowsPath
 
+from rnnkit.errors import UserError
 from rnnkit.utils import L, atomic_write
 
 __all__ = ["URLs", "untar_data"]
@@ -109,11 +110,15 @@ def _number_words(n: int) -> str:
 
 def _make_human_numbers(dest: Path, force: bool) -> Path:
     """Write fastai's human_numbers: 1..7999 in train.txt, 8001..9999 in valid.txt, one per line."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, numbers in (("train.txt", range(1, 8000)), ("valid.txt", range(8001, 10000))):
-        path = dest / name
-        if force or not path.exists():
-            atomic_write(path, "".join(f"{_number_words(i)} \n" for i in numbers))
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, numbers in (("train.txt", range(1, 8000)), ("valid.txt", range(8001, 10000))):
+            path = dest / name
+            if force or not path.exists():
+                atomic_write(path, "".join(f"{_number_words(i)} \n" for i in numbers))
+    except OSError as e:  # the cache folder the user chose (RNNKIT_HOME) cannot hold the files
+        raise UserError(f"cannot write Human Numbers into {dest} ({e.strerror or e}); set RNNKIT_HOME to a "
+                        "writable folder") from e
     return dest
 
 

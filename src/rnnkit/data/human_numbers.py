@@ -14,6 +14,8 @@ import torch
 
 from rnnkit.data.core import DataLoaders
 from rnnkit.data.external import URLs, untar_data
+from rnnkit.data.numericalize import read_text
+from rnnkit.errors import MissingFileError, UserError
 
 __all__ = ["human_numbers_tokens", "group_chunks", "human_numbers_lm_dls"]
 
@@ -24,10 +26,10 @@ def human_numbers_tokens(path: str | os.PathLike | None = None) -> tuple[list[st
     lines = []
     for name in ("train.txt", "valid.txt"):
         f = path / name
-        if not f.exists():
-            raise FileNotFoundError(f"{f} is missing: expected Human Numbers' train.txt and valid.txt "
-                                    "in that folder (omit the path to generate them)")
-        lines += f.read_text(encoding="utf-8").splitlines()
+        if not f.is_file():
+            raise MissingFileError(f"{f} is missing: expected Human Numbers' train.txt and valid.txt "
+                                   "in that folder (omit the path to generate them)")
+        lines += read_text(f).splitlines()  # a UserError if it is not UTF-8
     tokens = " . ".join(line.strip() for line in lines).split(" ")
     vocab = list(dict.fromkeys(tokens))
     stoi = {w: i for i, w in enumerate(vocab)}
@@ -48,8 +50,8 @@ def human_numbers_lm_dls(bs: int = 64, sl: int = 16, path: str | os.PathLike | N
     seqs = [(nums[i * sl:(i + 1) * sl], nums[i * sl + 1:(i + 1) * sl + 1]) for i in range(n)]
     cut = int(len(seqs) * 0.8)
     if cut < bs or len(seqs) - cut < bs:
-        raise ValueError(f"bs={bs} with sl={sl} is larger than the data allows "
-                         f"({cut} training and {len(seqs) - cut} validation sequences); use a smaller bs")
+        raise UserError(f"bs={bs} with sl={sl} is larger than the data allows "
+                        f"({cut} training and {len(seqs) - cut} validation sequences); use a smaller bs")
     dls = DataLoaders.from_dsets(group_chunks(seqs[:cut], bs), group_chunks(seqs[cut:], bs),
                                  bs=bs, drop_last=True, shuffle=False, device=device)
     return dls, vocab

@@ -20,6 +20,7 @@ import torch
 
 from rnnkit.data.tokenize import PreTokenizedTokenizer, Tokenizer, BaseTokenizer
 from rnnkit.data.vocab import Vocab
+from rnnkit.errors import MissingFileError, UserError
 
 __all__ = ["Numericalize", "numericalize_tokens", "numericalize_file", "read_text"]
 
@@ -30,7 +31,7 @@ def read_text(path: str | Path) -> str:
     """The text of a UTF-8 file (`.xz`, `.gz` and `.bz2` are decompressed), with newlines normalized to '\\n'."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No text file at {path}; expected a UTF-8 corpus file (plain, .xz, .gz or .bz2).")
+        raise MissingFileError(f"No text file at {path}; expected a UTF-8 corpus file (plain, .xz, .gz or .bz2).")
     opener = _OPENERS.get(path.suffix.lower(), open)
     with opener(path, "rb") as f:
         data = f.read()
@@ -39,7 +40,7 @@ def read_text(path: str | Path) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         where = "decompressed " if opener is not open else ""
-        raise ValueError(
+        raise UserError(
             f"{path} is not UTF-8: {where}byte offset {e.start} (line {line}) is {data[e.start:e.start + 4]!r}. "
             "Re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`."
         ) from None
@@ -124,7 +125,7 @@ def numericalize_file(
     tok = Tokenizer.from_name(tokenizer) if isinstance(tokenizer, str) else tokenizer
     text = read_text(path)
     if not text.strip():
-        raise ValueError(f"{path} is empty or whitespace-only; expected a corpus to tokenize.")
+        raise UserError(f"{path} is empty or whitespace-only; expected a corpus to tokenize.")
     tokens = tok.encode(text)
     if vocab is None:
         if isinstance(tok, PreTokenizedTokenizer) and tok.eos is not None:

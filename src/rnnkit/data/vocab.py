@@ -19,6 +19,7 @@ from typing import Any
 
 from rnnkit.utils import atomic_write
 from rnnkit.data.tokenize import PAD, SPECIAL_TOKENS, UNK
+from rnnkit.errors import MissingFileError, UserError
 
 __all__ = ["Vocab", "FAKE_TOKEN"]
 
@@ -162,12 +163,12 @@ class Vocab:
                          pad_to_multiple=None, unk=unk, pad=None)
 
     def check_matches(self, other_or_size: Vocab | Sequence[str] | int, what: str = "checkpoint") -> None:
-        """Raise a ValueError saying how this vocabulary differs from `other_or_size` (a Vocab, token list or size)."""
+        """Raise a UserError saying how this vocabulary differs from `other_or_size` (a Vocab, token list or size)."""
         fix = (f"Numericalize with the vocabulary saved beside the {what} (Vocab.load(...)) "
                "instead of building a new one.")
         if isinstance(other_or_size, int):
             if len(self) != other_or_size:
-                raise ValueError(
+                raise UserError(
                     f"Vocabulary size mismatch: this vocabulary has {len(self)} tokens but the {what} "
                     f"expects {other_or_size}. {fix}"
                 )
@@ -179,7 +180,7 @@ class Vocab:
         sizes = f"this vocabulary has {len(self)} tokens, the {what}'s has {len(other)}"
         where = (f"; the first difference is id {diff}: {self.itos[diff]!r} here, {other[diff]!r} in the {what}"
                  if diff is not None else "; one is a prefix of the other")
-        raise ValueError(f"Vocabulary mismatch with the {what}: {sizes}{where}. {fix}")
+        raise UserError(f"Vocabulary mismatch with the {what}: {sizes}{where}. {fix}")
 
     def save(self, path: str | Path) -> Path:
         """Write the vocabulary to `path` as JSON, atomically (a temporary file, then a rename)."""
@@ -191,27 +192,27 @@ class Vocab:
         """Read a vocabulary written by `save`."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"No vocabulary file at {path}; expected a JSON file written by Vocab.save.")
+            raise MissingFileError(f"No vocabulary file at {path}; expected a JSON file written by Vocab.save.")
         try:
             data: Any = json.loads(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
-            raise ValueError(f"{path} is not a vocabulary: byte {e.start} is not UTF-8 text.") from None
+            raise UserError(f"{path} is not a vocabulary: byte {e.start} is not UTF-8 text.") from None
         except json.JSONDecodeError as e:
-            raise ValueError(
+            raise UserError(
                 f"{path} is not a vocabulary: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})."
             ) from None
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ValueError(
+            raise UserError(
                 f"{path} is not an rnnkit vocabulary (no \"format\": \"{_FORMAT}\"); write one with Vocab.save."
             )
         if data.get("version") != _VERSION:
-            raise ValueError(
+            raise UserError(
                 f"{path} has vocabulary format version {data.get('version')!r}; this rnnkit reads version {_VERSION}."
             )
         itos = data.get("itos")
         if not isinstance(itos, list) or not all(isinstance(t, str) for t in itos):
-            raise ValueError(f"{path} is a corrupt vocabulary: \"itos\" must be a list of strings.")
+            raise UserError(f"{path} is a corrupt vocabulary: \"itos\" must be a list of strings.")
         try:
             return cls(itos, unk=data.get("unk"), pad=data.get("pad"))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path} is a corrupt vocabulary: {e}") from None
+            raise UserError(f"{path} is a corrupt vocabulary: {e}") from None

@@ -91,6 +91,8 @@ class TrainConfig:
         for key in ("bs", "bptt", "epochs"):
             if getattr(self, key) <= 0:
                 raise bad(key, "must be a positive integer")
+        if self.seed < 0:
+            raise bad("seed", "must be >= 0")
         for key in ("emb_sz", "n_hid", "n_layers", "threads"):
             v = getattr(self, key)
             if v is not None and v <= 0:
@@ -141,6 +143,8 @@ def _check_type(key: str, value: Any) -> Any:
 def config_from_mapping(values: Mapping[str, Any], base: TrainConfig | None = None,
                         source: str = "config") -> TrainConfig:
     """A TrainConfig from `base` (defaults) updated with `values`; unknown or ill-typed keys are errors."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source} must hold a table of options, not {type(values).__name__}")
     cfg = dataclasses.replace(base) if base is not None else TrainConfig()
     for key, value in values.items():
         k = key.replace("-", "_")
@@ -152,12 +156,27 @@ def config_from_mapping(values: Mapping[str, Any], base: TrainConfig | None = No
     return cfg
 
 
+def _one_line(e: Exception) -> str:
+    """A parse error's message on one line: PyYAML's spans several (context, problem, an excerpt)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is not None and problem:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML (.toml) or YAML (.yaml/.yml) config file into a dict of options."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder; give a .toml, .yaml or .yml file")
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
     try:
         if p.suffix == ".toml":
             try:
@@ -175,7 +194,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except ConfigError:
         raise
     except Exception as e:  # parse errors of either library, with their line numbers
-        raise ConfigError(f"config file {p} could not be parsed: {e}") from e
+        raise ConfigError(f"config file {p} could not be parsed: {_one_line(e)}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a table of options, not {type(data).__name__}")
     return data

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rnnkit.errors import UserError
 from rnnkit.models.dropout import EmbeddingDropout, RNNDropout, WeightDropout
 from rnnkit.models.linear import PooledLinear
 
@@ -250,6 +251,9 @@ def get_language_model(arch: type[nn.Module], vocab_sz: int,
     cfg = as_config(config)
     for k in cfg:
         if k.endswith("_p"):
+            if not 0 <= cfg[k] * drop_mult <= 1:
+                raise UserError(f"drop_mult={drop_mult} makes {k}={cfg[k]} a dropout probability of "
+                                f"{cfg[k] * drop_mult:g}; it must be in [0, 1], so lower drop_mult")
             cfg[k] = cfg[k] * drop_mult
     output_p = cfg.pop("output_p", 0.1)
     tie_weights, out_bias = cfg.pop("tie_weights", True), cfg.pop("out_bias", True)

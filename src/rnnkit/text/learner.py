@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnkit.callbacks.rnn import rnn_cbs
+from rnnkit.errors import UserError
 from rnnkit.losses import CrossEntropyLossFlat
 from rnnkit.metrics import Perplexity, accuracy
 from rnnkit.models.awd_lstm import AWD_LSTM, AWDLSTMConfig, as_config, get_language_model
@@ -44,13 +45,13 @@ class LMLearner(TextLearner):
         vocab = self.dls.vocab
         tok = getattr(self.dls, "tokenizer", None)
         tokens = tok.encode(text) if tok is not None else text.split()
-        if not tokens:
-            raise ValueError("predict needs a non-empty prompt")
+        if not text or not tokens:
+            raise UserError("predict needs a non-empty prompt")
         ids = [vocab.index(t) if vocab.unk_idx is not None else vocab.stoi.get(t) for t in tokens]
         unknown = [t for t, i in zip(tokens, ids) if i is None]
         if unknown:
-            raise ValueError(f"the prompt has words the vocabulary does not know and it has no unknown "
-                             f"token: {unknown[:5]}")
+            raise UserError(f"the prompt has words the vocabulary does not know and it has no unknown "
+                            f"token: {unknown[:5]}; use words of the training corpus")
         return torch.tensor(ids, dtype=torch.long)
 
     def _decode(self, ids: Sequence[int]) -> str:
@@ -67,7 +68,7 @@ class LMLearner(TextLearner):
         carried; a `seed` makes sampling reproducible without touching the global RNG.
         """
         if n_words < 0 or temperature < 0:
-            raise ValueError(f"n_words and temperature must be >= 0, got {n_words} and {temperature}")
+            raise UserError(f"n_words and temperature must be >= 0, got {n_words} and {temperature}")
         model = self.model
         was_training = model.training
         model.eval()

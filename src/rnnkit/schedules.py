@@ -24,7 +24,7 @@ __all__ = [
     "sched_lin", "sched_cos", "sched_no", "sched_exp", "sched_poly",
     "SchedLin", "SchedCos", "SchedNo", "SchedExp", "SchedPoly",
     "combine_scheds", "combined_cos",
-    "one_cycle_scheds", "flat_cos_scheds", "sgdr_scheds", "sgdr_n_epoch", "lr_find_scheds",
+    "one_cycle_scheds", "flat_cos_scheds", "sgdr_scheds", "sgdr_n_epoch",
     "valley", "slide", "minimum", "steep",
 ]
 
@@ -244,11 +244,6 @@ def sgdr_scheds(
     lens = [cycle_len * cycle_mult**i for i in range(n_cycles)]
     pcts = [n / sum(lens) for n in lens]
     return {"lr": combine_scheds(pcts, [SchedCos(lr_max, 0) for _ in lens])}
-
-
-def lr_find_scheds(start_lr: Any = 1e-7, end_lr: Any = 10) -> dict[str, Schedule]:
-    """LR range test: lr grows exponentially from `start_lr` to `end_lr`."""
-    return {"lr": SchedExp(start_lr, end_lr)}
 
 
 # LR-finder suggestions. Each takes the recorded (lrs, losses) and the planned number of

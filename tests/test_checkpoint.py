@@ -10,8 +10,8 @@ from torch import nn
 
 from rnnkit.callbacks.checkpoint import Checkpointer
 from rnnkit.checkpoint import (
-    CheckpointError, capture_rng, latest_checkpoint, load_checkpoint, load_weights, restore_rng,
-    save_checkpoint,
+    CheckpointError, capture_rng, latest_checkpoint, load_checkpoint, load_weights, restore_checkpoint,
+    restore_rng, save_checkpoint,
 )
 from rnnkit.data.human_numbers import human_numbers_lm_dls
 from rnnkit.losses import CrossEntropyLossFlat
@@ -140,10 +140,8 @@ def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path):
     assert trainer["epoch"] == 2
 
     resumed = _learner(tmp_path / "c")
-    load_weights(resumed.model, w)
-    resumed.create_opt()
-    resumed.opt.load_state_dict(opt)
+    trainer = restore_checkpoint(resumed, tmp_path / "b" / "ck")
     resumed.add_cb(Checkpointer(tmp_path / "c" / "ck", resume=trainer, handle_signals=False))
-    resumed.fit_one_cycle(3, 1e-2)
+    resumed.fit_one_cycle(3, 1e-2, start_epoch=trainer["epoch"])
     assert len(resumed.recorder.values) == 1  # only the last epoch ran
     assert resumed.recorder.values[-1] == full.recorder.values[-1]

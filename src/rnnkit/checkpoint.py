@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,9 +33,12 @@ from torch import nn
 from rnnkit.errors import UserError
 from rnnkit.utils import atomic_write
 
+if TYPE_CHECKING:
+    from rnnkit.training.learner import Learner
+
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_plain",
            "capture_rng", "restore_rng", "model_state_for_save", "load_weights", "load_model_state",
-           "save_model", "load_model"]
+           "restore_checkpoint", "save_model", "load_model"]
 
 _FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
 
@@ -200,41 +203,67 @@ def load_plain(file: str | os.PathLike, map_location: Any = "cpu") -> Any:
                               "tensors and plain values. Use another checkpoint, or start over.") from None
 
 
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
-    """Load `weights` into `model`; keys left out because they were tied to another are fine."""
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True,
+                     what: str = "checkpoint") -> None:
+    """Load `state` into `model`, with an error that lists mismatched names and shapes; rnnkit's one loader
+    of weights (Learner.load, run folders, checkpoints and exports all come here).
+
+    A key left out because it was tied to another (see `model_state_for_save`) is fine. With `strict=False`
+    missing and unexpected keys are ignored, as in `nn.Module.load_state_dict`. `what` names the source
+    in the message, e.g. "checkpoint in runs/ptb".
+    """
     own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    ptrs = {(v.untyped_storage().data_ptr(), v.storage_offset()) for k, v in own.items() if k in weights}
-    untied = [k for k in missing if (own[k].untyped_storage().data_ptr(), own[k].storage_offset()) not in ptrs]
-    unexpected = [k for k in weights if k not in own]
-    wrong = [f"{k}: {what} {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in weights if k in own and weights[k].shape != own[k].shape]
-    if untied or unexpected or wrong:
-        parts = ([f"missing {untied[:4]}"] if untied else []) + \
-                ([f"unexpected {unexpected[:4]}"] if unexpected else []) + wrong[:4]
-        raise CheckpointError(f"the {what} does not match this model (" + "; ".join(parts) + "); "
-                              "its vocabulary or model config differs from the run's")
-    model.load_state_dict(weights, strict=False)
+    if strict:
+        ptrs = {(v.untyped_storage().data_ptr(), v.storage_offset()) for k, v in own.items() if k in state}
+        missing = [k for k in own if k not in state
+                   and (own[k].untyped_storage().data_ptr(), own[k].storage_offset()) not in ptrs]
+        unexpected = [k for k in state if k not in own]
+        wrong = [f"{k}: {what} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in state if k in own and state[k].shape != own[k].shape]
+        if missing or unexpected or wrong:
+            parts = ([f"missing {missing[:4]}"] if missing else []) + \
+                    ([f"unexpected {unexpected[:4]}"] if unexpected else []) + wrong[:4]
+            raise CheckpointError(f"the {what} does not match this model (" + "; ".join(parts) + "): it was "
+                                  "saved from a model of another configuration or vocabulary. Build the model "
+                                  "the way the saved one was built, or load with strict=False.")
+    model.load_state_dict(state, strict=False)  # checked above; tied keys may be left out
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Load the weights of a checkpoint or run folder into `model` (`load_model_state`, strict)."""
+    load_model_state(model, weights, strict=True, what=what)
+
+
+def restore_checkpoint(learn: Learner, path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint's weights and optimizer state into `learn`; return its trainer state.
+
+    `path` is a checkpoint folder (`ckpt-N`) or the folder holding them (then LATEST's). Continue the fit
+    with the trainer state: the Checkpointer restores the position inside the epoch, `start_epoch` skips
+    the epochs already done::
+
+        state = restore_checkpoint(learn, "runs/x/checkpoints")
+        learn.fit_one_cycle(n_epoch, lr, start_epoch=state["epoch"],
+                            cbs=Checkpointer("runs/x/checkpoints", resume=state))
+
+    Put the model on its device first: weights and optimizer state are loaded straight onto it.
+    """
+    path = Path(path)
+    if not (path / "manifest.json").exists() and (path / "LATEST").exists():
+        path = latest_checkpoint(path)
+    param = next(learn.model.parameters(), None)
+    weights, opt_state, trainer_state = load_checkpoint(path, map_location=param.device if param is not None
+                                                        else "cpu")
+    load_weights(learn.model, weights, what=f"checkpoint {path}")
+    learn.create_opt()
+    try:
+        learn.opt.load_state_dict(opt_state)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"the optimizer state in {path} does not fit this model's optimizer ({e}); "
+                              "build the learner with the opt_func and splitter of the saved run") from e
+    return trainer_state
 
 
 # ---- Learner.save / Learner.load (fastai's save_model / load_model) --------------------------------
-
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-    """Load `state` into `model`, with an error that lists mismatched names and shapes."""
-    own = model.state_dict()
-    if strict:
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in state and own[k].shape != state[k].shape]
-        if missing or unexpected or wrong:
-            parts = ([f"missing {missing[:5]}"] if missing else []) + \
-                    ([f"unexpected {unexpected[:5]}"] if unexpected else []) + wrong[:5]
-            raise ValueError("The checkpoint does not match this model (" + "; ".join(parts) +
-                             "). Build the model with the same configuration and vocabulary "
-                             "as the one that was saved, or pass strict=False.")
-    model.load_state_dict(state, strict=strict)
-
 
 def save_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = True,
                pickle_protocol: int | None = None) -> None:
@@ -264,7 +293,7 @@ def load_model(file: str | Path, model: nn.Module, opt: Any, with_opt: bool = Tr
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise ValueError(f"{target} does not hold a model state dict")
-    load_model_state(model, state, strict=strict)
+    load_model_state(model, state, strict=strict, what=f"saved model {target}")
     if not with_opt:
         return
     if "opt" not in obj:

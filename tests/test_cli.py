@@ -1,8 +1,11 @@
-"""The `rnnkit` command, run as a user runs it (subprocesses), including interrupt and resume."""
+"""The `rnnkit` command, run as a user runs it (subprocesses), including interrupt and resume; and, in this
+process, which failures are the user's (one line, exit 2) and which are bugs (a traceback, exit 1)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from rnnkit import cli
 
 RNNKIT = [sys.executable, "-m", "rnnkit.cli"]
 FAST = ["--epochs", "2", "--bs", "32", "--threads", "2"]
@@ -198,3 +203,165 @@ def test_interrupted_run_resumes_with_identical_losses(tmp_path):
     r = _run(tmp_path, "train", "--resume", "part")
     assert r.returncode == 0, r.stderr
     assert _metrics(tmp_path / "part" / "metrics.csv") == _metrics(tmp_path / "full" / "metrics.csv")
+
+
+# ---- user mistakes against bugs, in this process (fast: most fail before any training) ----
+
+@pytest.fixture
+def rnnkit_here(tmp_path, monkeypatch, capsys):
+    """`rnnkit ARGS` run by `cli.main` in this process, in `tmp_path`; returns (exit status, stderr)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RNNKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setattr(cli, "_set_up_memory", lambda: None)  # malloc settings are process-wide: not pytest's
+
+    def run(*args):
+        rc = cli.main(list(args))
+        return rc, capsys.readouterr().err
+    return run
+
+
+def _folder(tmp_path, name, **files):
+    (tmp_path / name).mkdir()
+    for f, text in files.items():
+        (tmp_path / name / f.replace("_", ".")).write_bytes(text if isinstance(text, bytes) else text.encode())
+
+
+def _copy_run(tmp_path, trained, state="interrupted", **edits):
+    """A copy of the trained run in tmp_path/r, its marker in `state` (a finished run is not resumed),
+    with file `name` passed through `edits[name]` (dots written as underscores)."""
+    shutil.copytree(trained(), tmp_path / "r")
+    marker = tmp_path / "r" / "rnnkit-run.json"
+    marker.write_text(marker.read_text().replace('"done"', json.dumps(state)))
+    for name, edit in edits.items():
+        f = tmp_path / "r" / name.replace("_json", ".json")
+        f.write_text(edit(f.read_text()))
+
+
+def _the_run(tmp_path, trained):
+    shutil.copytree(trained(), tmp_path / "run")
+
+
+# Each case: the command, what to set up in tmp_path (None, or a function of tmp_path and a function that
+# returns the module's trained run folder), and words the one-line message must hold.
+USER_MISTAKES = [
+    pytest.param(["train", "--corpus", "ptb", "--data", "nowhere"], None, ["corpus folder nowhere does not exist"],
+                 id="missing-data-folder"),
+    pytest.param(["train", "--corpus", "ptb", "--data", "d/train.txt"], lambda t, r: _folder(t, "d", train_txt="a\n"),
+                 ["d/train.txt is a file; give the folder"], id="data-is-a-file"),
+    pytest.param(["train", "--corpus", "wikitext-2", "--data", "d"], lambda t, r: _folder(t, "d"),
+                 ["has no training file", "wiki.train.tokens"], id="missing-corpus-file"),
+    pytest.param(["train", "--corpus", "folder", "--data", "d"], lambda t, r: _folder(t, "d", train_txt="a b\n"),
+                 ["has no valid file", "valid.txt"], id="missing-valid-file"),
+    pytest.param(["train", "--corpus", "human_numbers", "--data", "nowhere"], None,
+                 ["nowhere/train.txt is missing"], id="missing-human-numbers-file"),
+    pytest.param(["train", "--corpus", "folder", "--data", "d"],
+                 lambda t, r: _folder(t, "d", train_txt=" \n", valid_txt="a b\n"),
+                 ["train.txt is empty or whitespace-only"], id="empty-corpus"),
+    pytest.param(["train", "--corpus", "tinyshakespeare", "--data", "d"], lambda t, r: _folder(t, "d", input_txt=""),
+                 ["input.txt is empty"], id="empty-tinyshakespeare"),
+    pytest.param(["train", "--corpus", "folder", "--data", "d"],
+                 lambda t, r: _folder(t, "d", train_txt=b"caf\xe9\n", valid_txt="a\n"),
+                 ["train.txt is not UTF-8", "iconv"], id="corpus-not-utf8"),
+    pytest.param(["train", "--bs", "5000", "--bptt", "70"], None, ["too few for bs=5000", "Lower bs or seq_len"],
+                 id="batch-larger-than-data"),
+    pytest.param(["lr-find", "--bs", "5000"], None, ["too few for bs=5000"], id="lr-find-batch-larger-than-data"),
+    pytest.param(["train", "--config", "nope.toml"], None, ["config file nope.toml does not exist"],
+                 id="missing-config"),
+    pytest.param(["train", "--config", "c.toml"], lambda t, r: (t / "c.toml").write_text("epochs = = 3\n"),
+                 ["config file c.toml could not be parsed"], id="config-does-not-parse"),
+    pytest.param(["train", "--config", "c.yaml"], lambda t, r: (t / "c.yaml").write_text("epochs: [\n"),
+                 ["config file c.yaml could not be parsed", "(line 2, column 1)"], id="yaml-error-of-four-lines"),
+    pytest.param(["train", "--config", "."], None, ["is a folder"], id="config-is-a-folder"),
+    pytest.param(["train", "--drop-mult", "5"], None, ["drop_mult=5.0 makes", "lower drop_mult"], id="drop-mult"),
+    pytest.param(["train", "--seed", "-1"], None, ["seed=-1 must be >= 0"], id="negative-seed"),
+    pytest.param(["train", "--device", "cuda:99"], None, ["device 'cuda:99'"], id="device-not-there"),
+    pytest.param(["lr-find", "--out", "f"], lambda t, r: (t / "f").write_text("x"), ["--out f is a file"],
+                 id="lr-find-out-is-a-file"),
+    pytest.param(["evaluate", "d"], lambda t, r: _folder(t, "d", notes_txt="x"), ["d is not a run folder"],
+                 id="not-a-run"),
+    pytest.param(["train", "--resume", "run", "--overwrite"], _the_run, ["drop --overwrite"],
+                 id="resume-and-overwrite"),
+    pytest.param(["train", "--resume", "r"], lambda t, r: _copy_run(t, r, config_json=lambda s: "{garbage"),
+                 ["r/config.json is missing or unreadable", "cannot be resumed"], id="resume-unreadable-config"),
+    pytest.param(["train", "--resume", "r"], lambda t, r: _copy_run(t, r, config_json=lambda s: "[1]"),
+                 ["r/config.json must hold a table of options, not list"], id="resume-config-not-a-table"),
+    pytest.param(["train", "--resume", "r"],
+                 lambda t, r: _copy_run(t, r, config_json=lambda s: s.replace('"bs": 32', '"bs": 0')),
+                 ["bs=0 must be a positive integer"], id="resume-bad-saved-value"),
+    pytest.param(["generate", "r", "one"],
+                 lambda t, r: _copy_run(t, r, "done", vocab_json=lambda s: s.replace('"one",', '"one", "uno",')),
+                 ["does not match this model"], id="vocab-does-not-match-weights"),
+    pytest.param(["evaluate", "run", "--bs", "0"], _the_run, ["--bs 0", "at least 1"], id="evaluate-bs-0"),
+    pytest.param(["generate", "run", "zzz"], _the_run, ["does not know", "'zzz'"], id="prompt-unknown-word"),
+    pytest.param(["generate", "run", ""], _the_run, ["non-empty prompt"], id="empty-prompt"),
+    pytest.param(["generate", "run", "one", "--n-words", "-1"], _the_run, ["--n-words -1"], id="negative-n-words"),
+    pytest.param(["generate", "run", "one", "--temperature", "-1"], _the_run, ["--temperature -1.0"],
+                 id="negative-temperature"),
+]
+
+
+@pytest.mark.parametrize("args, setup, needles", USER_MISTAKES)
+def test_user_mistakes_are_one_line_and_exit_2(rnnkit_here, request, tmp_path, args, setup, needles):
+    if setup is not None:
+        setup(tmp_path, lambda: request.getfixturevalue("trained_run")[0] / "run")  # trains on first use only
+    rc, err = rnnkit_here(*args)
+    lines = err.splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"rnnkit {args[0]}: error: ") and "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_argparse_mistakes_stay_exit_2_in_one_line(rnnkit_here, capsys):
+    with pytest.raises(SystemExit) as e:
+        rnnkit_here("train", "--lr", "fast")
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "rnnkit train: error: argument --lr: invalid float value: 'fast' (see rnnkit train --help)"]
+
+
+def _raise(exc):
+    def boom(*args, **kwargs):
+        raise exc
+    return boom
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("a bug"), ValueError("a bug"), FileNotFoundError("a bug"),
+                                 KeyError("a bug"), TypeError("a bug")], ids=lambda e: type(e).__name__)
+def test_an_unexpected_exception_is_a_bug_and_propagates(rnnkit_here, capsys, monkeypatch, exc):
+    # Plain ValueError and FileNotFoundError too: only a UserError, raised where the input is checked, is the user's.
+    import rnnkit.run
+
+    monkeypatch.setattr(rnnkit.run, "train", _raise(exc))
+    with pytest.raises(type(exc), match="a bug"):
+        rnnkit_here("train", "--out", "o", "--no-sample")
+    assert "error:" not in capsys.readouterr().err
+    monkeypatch.setattr(rnnkit.run, "build_dls", _raise(exc))  # deep inside a command, in the data builder
+    with pytest.raises(type(exc), match="a bug"):
+        rnnkit_here("lr-find", "--out", "lrf")
+
+
+def test_ctrl_c_outside_the_training_loop_exits_130(rnnkit_here, monkeypatch):
+    import rnnkit.run
+
+    monkeypatch.setattr(rnnkit.run, "train", _raise(KeyboardInterrupt()))
+    assert rnnkit_here("train", "--out", "o") == (130, "Interrupted.\n")
+
+
+def test_the_console_script_shows_a_bugs_traceback_and_exits_1(tmp_path):
+    # A bug planted in `rnnkit.run.train` through sitecustomize, which Python imports before the script runs.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import rnnkit.run\n"
+        "def train(*args, **kwargs):\n"
+        "    raise RuntimeError('planted bug')\n"
+        "rnnkit.run.train = train\n")
+    script = Path(sys.executable).parent / "rnnkit"
+    cmd = [str(script)] if script.exists() else RNNKIT
+    r = subprocess.run(cmd + ["train", "--out", "o", "--no-sample"], cwd=tmp_path, capture_output=True, text=True,
+                       env=_env(tmp_path, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path),
+                                                                                  os.environ.get("PYTHONPATH")]))),
+                       timeout=120)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback (most recent call last)" in r.stderr and r.stderr.rstrip().endswith("RuntimeError: planted bug")
+    assert "rnnkit train: error:" not in r.stderr

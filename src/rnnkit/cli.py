@@ -1,5 +1,15 @@
-"""The `rnnkit` command: train, evaluate, generate and find a learning rate, with one line of
-explanation and exit code 2 for every user mistake."""
+"""The `rnnkit` command: train, evaluate, generate and find a learning rate.
+
+The command line stays thin: it parses options and calls `rnnkit.run`, and what it prints for a failure
+depends on whose failure it is. A user mistake (a missing data folder, an empty corpus, a batch size
+larger than the data, a config file that does not parse, a folder that is not a run, a vocabulary that
+does not fit the weights, a device that is not there) raises `rnnkit.errors.UserError` where the input is
+checked, mostly in the library; `main` prints it as one line, `rnnkit <command>: error: <message>`, and
+exits with status 2, as argparse does for a mistyped option. The few checks only the command line can
+make (`--n-words`, `--temperature`, `--resume` with other options, ...) live in the handlers below and
+raise `UserError` too. Any other exception is a bug in rnnkit (or in code plugged into it): `main` does
+not catch it, so Python prints its traceback and exits with status 1. Ctrl-C exits with 130.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +19,8 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
+
+from rnnkit.errors import UserError
 
 __all__ = ["main", "build_parser"]
 
@@ -118,17 +130,21 @@ def _train(args: argparse.Namespace) -> int:
         run = args.resume
         extra = [k for k in vars(args) if k not in ("command", "config", "resume", "overwrite", "no_sample",
                                                      "threads", "device")]
-        if extra or args.config:
-            raise RunError(f"--resume continues {run} with its saved config; drop --{extra[0].replace('_', '-')}"
-                           if extra else f"--resume continues {run} with its saved config; drop --config")
+        if extra or args.config or args.overwrite:
+            drop = extra[0].replace("_", "-") if extra else "config" if args.config else "overwrite"
+            raise RunError(f"--resume continues {run} with its saved config; drop --{drop}")
         if not is_run(run):
             raise RunError(f"{run} is not a run folder (no rnnkit-run.json); nothing to resume")
         if run_state(run) == "done":
             print(f"{run} already finished all its epochs: nothing to resume, and nothing was changed. "
                   "To train longer, start a new run with --out.")
             return 0
-        cfg = config_from_mapping(json.loads((run / "config.json").read_text(encoding="utf-8")),
-                                  source=str(run / "config.json"))
+        try:
+            saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8 or not JSON
+            raise RunError(f"{run / 'config.json'} is missing or unreadable ({e}); the run cannot be resumed, "
+                           "start a new one with --out") from None
+        cfg = config_from_mapping(saved, source=str(run / "config.json")).validate()
         cfg.out = str(run)
         if getattr(args, "threads", None):
             cfg.threads = args.threads
@@ -150,7 +166,7 @@ def _train(args: argparse.Namespace) -> int:
     if res["state"] == "nan":
         kept = f"the last good checkpoint is kept in {run / 'checkpoints'}" if (run / "checkpoints").exists() \
             else "no checkpoint had been saved yet"
-        print(f"rnnkit: error: the loss became NaN or infinite; training stopped and {kept}. "
+        print(f"rnnkit train: error: the loss became NaN or infinite; training stopped and {kept}. "
               "Lower --lr or set --clip.", file=sys.stderr)
         return EXIT_USAGE
     m = res["metrics"]
@@ -169,6 +185,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from rnnkit.run import RunError, load_run
 
+    if args.bs is not None and args.bs < 1:
+        raise UserError(f"--bs {args.bs}: the evaluation batch size must be at least 1")
     cfg, learn = load_run(args.run, data=args.data, device=args.device)
     if args.split == "test":
         from rnnkit.data.lm_loader import LMDataLoader
@@ -177,10 +195,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         corpus = read_corpus(cfg.corpus, cfg.data)
         if "test" not in corpus.splits:
             raise RunError(f"corpus {cfg.corpus} has no test split; use --split valid")
-        dl = LMDataLoader(corpus["test"], bs=args.bs or cfg.bs, seq_len=cfg.bptt)
+        dl = LMDataLoader(corpus["test"], bs=args.bs if args.bs is not None else cfg.bs, seq_len=cfg.bptt)
     else:
         dl = learn.dls.train.new(shuffle=False, random_bptt=False) if args.split == "train" else learn.dls.valid
-        if args.bs:
+        if args.bs is not None:
             dl = dl.new(bs=args.bs)
     m = learn.evaluate_lm(dl=dl)
     print(f"{args.split}: loss {m['loss']:.4f}  perplexity {m['perplexity']:.3f}  "
@@ -191,8 +209,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from rnnkit.run import load_run
 
-    if args.n_words < 0 or args.temperature < 0:
-        raise ValueError("--n-words and --temperature must be >= 0")
+    if args.n_words < 0:
+        raise UserError(f"--n-words {args.n_words}: the number of words to generate must be >= 0")
+    if not args.temperature >= 0:  # also refuses nan
+        raise UserError(f"--temperature {args.temperature}: must be >= 0 (0 picks the likeliest word each time)")
     _, learn = load_run(args.run, need_data=False, device=args.device)
     print(learn.predict(args.prompt, n_words=args.n_words, temperature=args.temperature, seed=args.seed))
     return 0
@@ -205,6 +225,8 @@ def _lr_find(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     out = Path(cfg.out if "out" in vars(args) else "runs/lr_find")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out for lr_find.png")
     out.mkdir(parents=True, exist_ok=True)
     cfg.out = str(out)
     import torch
@@ -243,16 +265,14 @@ def _set_up_memory() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `rnnkit` console script."""
+    """Entry point of the `rnnkit` console script: 0 when done, 2 for a user mistake (one line on stderr),
+    130 when interrupted; any other exception propagates with its traceback (exit status 1)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     os.environ.setdefault("MPLBACKEND", "Agg")
-    from rnnkit.checkpoint import CheckpointError
-    from rnnkit.config import ConfigError
-
     _set_up_memory()
 
     # TerminateOnNaNCallback warns; the command prints its own one-line message instead.
@@ -260,8 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"train": _train, "evaluate": _evaluate, "generate": _generate, "lr-find": _lr_find}
     try:
         return handlers[args.command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"rnnkit {args.command}: error: {e}", file=sys.stderr)
+    except UserError as e:  # raised where the input was checked; anything else is a bug and keeps its traceback
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line, always
+        print(f"rnnkit {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)

@@ -29,7 +29,8 @@ from rnnkit.models.awd_lstm import AWD_LSTM, AWDLSTMConfig, get_language_model
 from rnnkit.models.book import LMModel1, LMModel2, LMModel3, LMModel4, LMModel5, LMModel6, LMModel7
 from rnnkit.models.cells import GRULayer, LSTMCell, LSTMLayer
 from rnnkit.models.dropout import EmbeddingDropout, RNNDropout, WeightDropout, dropout_mask
-from rnnkit.optim import SGD, Adam, Lamb, Larc, Lookahead, OptimWrapper, QHAdam, RAdam, RMSProp, fused, ranger
+from rnnkit.optim import (SGD, Adam, Lamb, Larc, Lookahead, OptimWrapper, QHAdam, RAdam, RMSProp, fused_adam, fused_rmsprop,
+                          fused_sgd, ranger)
 
 META = torch.device("meta")
 VOCAB, BS, SL = 11, 4, 5
@@ -263,10 +264,10 @@ def _recording(monkeypatch: pytest.MonkeyPatch, name: str) -> list[set[str]]:
 
 
 @pytest.mark.parametrize("kernel,step", [
-    ("_fused_adamw_", partial(fused.fused_adam, mom=0.9, sqr_mom=0.99, eps=1e-5, decouple_wd=True)),
-    ("_fused_adam_", partial(fused.fused_adam, mom=0.9, sqr_mom=0.99, eps=1e-5, decouple_wd=False)),
-    ("_fused_sgd_", partial(fused.fused_sgd, mom=0.9, decouple_wd=True)),
-    ("_fused_adamw_", partial(fused.fused_rmsprop, sqr_mom=0.99, eps=1e-5, decouple_wd=True)),
+    ("_fused_adamw_", partial(fused_adam, mom=0.9, sqr_mom=0.99, eps=1e-5, decouple_wd=True)),
+    ("_fused_adam_", partial(fused_adam, mom=0.9, sqr_mom=0.99, eps=1e-5, decouple_wd=False)),
+    ("_fused_sgd_", partial(fused_sgd, mom=0.9, decouple_wd=True)),
+    ("_fused_adamw_", partial(fused_rmsprop, sqr_mom=0.99, eps=1e-5, decouple_wd=True)),
 ])
 def test_fused_kernels_get_buffers_and_step_counts_on_the_parameters_device(monkeypatch, kernel, step):
     if not hasattr(torch, kernel):

@@ -231,8 +231,6 @@ class ParamGrouping:
         plan = self._plan
         for fresh in (False, True):  # the kept plan, then (if something moved) a new one
             if fresh or plan is None or plan.key != key:
-                if plan is None or plan.key != key:  # first step, or the parameters changed or moved
-                    state_to_param_devices(opt)
                 plan = self._plan = _Plan(key, fused)
                 plan.built = plan.build(opt)
             if not plan.built:

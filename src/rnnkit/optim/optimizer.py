@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from rnnkit.optim.buckets import Batch, ParamGrouping
+from rnnkit.optim.buckets import Batch, ParamGrouping, state_to_param_devices
 from rnnkit.optim.params import as_param_lists, check_lr, copy_to, spread_hyper, to_plain
 from rnnkit.optim.stepper import (Scratch, batched_form, explain_stepper_error, stepper_defaults, stepper_name,
                                   takes_scratch)
@@ -153,6 +153,7 @@ class Optimizer(BaseOptimizer):
         self.grouping, self.scratch = ParamGrouping(), Scratch()
         self._chain: _Chain | None = None
         self._said_slow = False
+        self._devices: tuple[Any, ...] = ()  # of each group's first parameter when last stepped
         merged: dict[str, Any] = {}
         for cb in self.cbs:
             merged.update(stepper_defaults(cb))
@@ -228,6 +229,10 @@ class Optimizer(BaseOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        devices = tuple([getattr(pl[0], "device", None) if pl else None for pl in self.param_lists])
+        if devices != self._devices:  # first step, or the model moved since: its state follows
+            state_to_param_devices(self)
+            self._devices = devices
         chain = self._chain_plan()
         batches = None if chain.path == "per_param" else self.grouping.batches(self, chain.fused)
         if batches is None:

@@ -64,7 +64,19 @@ def _check_kind(rnn: nn.Module, kinds: tuple[type, ...], cls: type) -> None:
         raise TypeError(f"{cls.__name__}.from_torch expects an {names}; got {type(rnn).__name__}.")
 
 
-class LSTMCellGates(nn.Module):
+class _LSTMZeroState:
+    """`zero_state` of the LSTM cells, which keep their hidden size in `n_hid`."""
+
+    n_hid: int
+
+    def zero_state(self, bs: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> LSTMState:
+        """An all-zeros `(h, c)` for a batch of `bs`."""
+        z = torch.zeros(bs, self.n_hid, device=device, dtype=dtype)
+        return z, z.clone()
+
+
+class LSTMCellGates(_LSTMZeroState, nn.Module):
     """The chapter's first LSTM cell: one `Linear(ni + n_hid, n_hid)` per gate on `[h, x]`, easiest to read."""
 
     def __init__(self, ni: int, n_hid: int) -> None:
@@ -87,12 +99,6 @@ class LSTMCellGates(nn.Module):
         h = out * torch.tanh(c)  # (bs, n_hid)
         return h, (h, c)
 
-    def zero_state(self, bs: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> LSTMState:
-        """An all-zeros `(h, c)` for a batch of `bs`."""
-        z = torch.zeros(bs, self.n_hid, device=device, dtype=dtype)
-        return z, z.clone()
-
     @classmethod
     def from_torch(cls, rnn: nn.LSTM | nn.LSTMCell, layer: int = 0) -> LSTMCellGates:
         """A cell computing what layer `layer` of `rnn` computes, with its weights copied."""
@@ -109,7 +115,7 @@ class LSTMCellGates(nn.Module):
         return cell
 
 
-class LSTMCell(nn.Module):
+class LSTMCell(_LSTMZeroState, nn.Module):
     """The chapter's fused LSTM cell: all four gates from one `ih` and one `hh` matrix product."""
 
     def __init__(self, ni: int, n_hid: int) -> None:
@@ -127,12 +133,6 @@ class LSTMCell(nn.Module):
         c = (forgetgate * c) + (ingate * cellgate)
         h = outgate * c.tanh()  # (bs, n_hid)
         return h, (h, c)
-
-    def zero_state(self, bs: int, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None) -> LSTMState:
-        """An all-zeros `(h, c)` for a batch of `bs`."""
-        z = torch.zeros(bs, self.n_hid, device=device, dtype=dtype)
-        return z, z.clone()
 
     @classmethod
     def from_torch(cls, rnn: nn.LSTM | nn.LSTMCell, layer: int = 0) -> LSTMCell:

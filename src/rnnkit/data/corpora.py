@@ -129,7 +129,7 @@ def read_folder(path: str | os.PathLike | None, tokenizer: BaseTokenizer | str =
     """Your own text: `train.txt` and `valid.txt` (and optionally `test.txt`) in a folder."""
     folder = _check_folder(path, "folder")
     tok = Tokenizer.from_name(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    if isinstance(tok, SubwordTokenizer) and tok._sp is None:  # train the subword model on train.txt
+    if isinstance(tok, SubwordTokenizer) and tok.needs_setup:  # train the subword model on train.txt
         tok.setup(read_text(_find(folder, ["train.txt"], "training")).splitlines())
     return _read_splits(folder.name, folder, {s: [f"{s}.txt"] for s in ("train", "valid", "test")}, tok,
                         **vocab_kwargs)

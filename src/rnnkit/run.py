@@ -34,8 +34,8 @@ from rnnkit.callbacks.rnn import RNNTrainer
 from rnnkit.callbacks.throughput import Throughput
 from rnnkit.callbacks.tracker import TerminateOnNaNCallback
 from rnnkit.checkpoint import (
-    CheckpointError, latest_checkpoint, load_checkpoint, load_weights,
-    model_state_for_save,
+    CheckpointError, latest_checkpoint, load_checkpoint, load_weights, model_state_for_save,
+    restore_checkpoint,
 )
 from rnnkit.config import TrainConfig, config_from_mapping
 from rnnkit.data.corpora import read_corpus
@@ -135,13 +135,29 @@ def build_learner(cfg: TrainConfig, dls: Any) -> LMLearner:
     return learn
 
 
-def _fit(learn: LMLearner, cfg: TrainConfig, lr: float) -> None:
+def _fit(learn: LMLearner, cfg: TrainConfig, lr: float, start_epoch: int) -> None:
+    """Fit with `cfg`'s schedule from `start_epoch` (the checkpoint's, on resume)."""
     if cfg.schedule == "one_cycle":
-        learn.fit_one_cycle(cfg.epochs, lr, wd=cfg.wd)
+        learn.fit_one_cycle(cfg.epochs, lr, wd=cfg.wd, start_epoch=start_epoch)
     elif cfg.schedule == "flat_cos":
-        learn.fit_flat_cos(cfg.epochs, lr, wd=cfg.wd)
+        learn.fit_flat_cos(cfg.epochs, lr, wd=cfg.wd, start_epoch=start_epoch)
     else:
-        learn.fit(cfg.epochs, lr, wd=cfg.wd)
+        learn.fit(cfg.epochs, lr, wd=cfg.wd, start_epoch=start_epoch)
+
+
+def _find_lr(learn: LMLearner, run: Path, log_fn: Any) -> float:
+    """The LR finder's 'valley' suggestion; its plot goes to the run folder."""
+    import matplotlib.pyplot as plt
+
+    with learn.no_bar():
+        res = learn.lr_find(show_plot=True)
+    plt.gcf().savefig(run / "lr_find.png")
+    plt.close("all")
+    if not math.isfinite(res.valley):
+        raise RunError("the LR finder could not suggest a learning rate; give --lr instead")
+    lr = float(res.valley)
+    log_fn(f"lr_find: using lr {lr:.2e} (valley); plot in {run / 'lr_find.png'}")
+    return lr
 
 
 def _save_plots(learn: LMLearner, run: Path) -> None:
@@ -166,47 +182,27 @@ def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[s
     run = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    trainer_state: Any = None
-    weights: Any = None
-    opt_state: Any = None
-    if resume:
-        ck = latest_checkpoint(run / "checkpoints")
-        weights, opt_state, trainer_state = load_checkpoint(ck)
-        vocab = Vocab.load(run / "vocab.json")
+    ck = latest_checkpoint(run / "checkpoints") if resume else None  # before the corpus is read: fail fast
     torch.manual_seed(cfg.seed)
-    dls = build_dls(cfg, vocab if resume else None)
+    dls = build_dls(cfg, Vocab.load(run / "vocab.json") if resume else None)
     if not resume:
         atomic_write(run / "config.json", cfg.to_json())
         dls.vocab.save(run / "vocab.json")
         _write_marker(run, "running")
     learn = build_learner(cfg, dls)
     learn.model.to(dls.device)  # before any optimizer state is loaded, so that state lands there too
+    trainer_state: dict[str, Any] | None = None
     lr = cfg.lr
-    if resume:
-        load_weights(learn.model, weights, what=f"checkpoint in {run}")
-        learn.create_opt()
-        try:
-            learn.opt.load_state_dict(opt_state)
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"the optimizer state in {run} does not fit this model: {e}") from e
+    if ck is not None:
+        trainer_state = restore_checkpoint(learn, ck)
         lr = trainer_state["extra"]["lr"]
-    elif cfg.lr_find:
-        import matplotlib.pyplot as plt
-
-        with learn.no_bar():
-            res = learn.lr_find(show_plot=True)
-        plt.gcf().savefig(run / "lr_find.png")
-        plt.close("all")
-        if not math.isfinite(res.valley):
-            raise RunError("the LR finder could not suggest a learning rate; give --lr instead")
-        lr = float(res.valley)
-        log_fn(f"lr_find: using lr {lr:.2e} (valley); plot in {run / 'lr_find.png'}")
-    if resume:
         _keep_rows_before(run / "metrics.csv", trainer_state["epoch"])
+    elif cfg.lr_find:
+        lr = _find_lr(learn, run, log_fn)
     ckpt = Checkpointer(run / "checkpoints", every_n_batches=cfg.checkpoint_every, resume=trainer_state,
                         extra_state={"lr": lr})
     learn.add_cbs([CSVLogger("metrics.csv", append=resume), ckpt])  # relative to learn.path, the run
-    _fit(learn, cfg, lr)
+    _fit(learn, cfg, lr, 0 if trainer_state is None else trainer_state["epoch"])
     state = "interrupted" if ckpt.interrupted else "nan" if learn.nan_stopped else "done"
     summary: dict[str, Any] = {"state": state, "run": run, "checkpoint": ckpt.last_path, "lr": lr}
     speed = learn.get_cb(Throughput)

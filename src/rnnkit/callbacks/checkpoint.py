@@ -1,4 +1,23 @@
-"""Periodic, atomic checkpoints and exact resume of an interrupted `fit`."""
+"""Periodic, atomic checkpoints and exact resume of an interrupted `fit`.
+
+A checkpoint holds everything needed to continue bit for bit: weights and optimizer state
+(`rnnkit.checkpoint.restore_checkpoint` loads them), and the trainer state this callback writes:
+the position (epoch, batch, `train_iter`, `pct_train`), the loader's position, the RNG streams, the
+smoothed loss, the model's hidden state and the state of every callback that has one.
+
+Resuming takes two parts, each with one job: `fit(..., start_epoch=state["epoch"])` skips the epochs
+already done (`SkipToEpoch`), and `Checkpointer(resume=state)` puts the rest back at the start of the
+training phase of that epoch.
+
+Hidden state (docs/hidden-state.md): a module names the attributes that carry state from one batch to
+the next in a class attribute, `hidden_attrs = ("hidden",)`; `reset()` clears them, and checkpoints save
+exactly those. A module that declares nothing is searched for `hidden` and `h`, so models written without
+the protocol (the book's `LMModel7` copied into a notebook) keep resuming exactly.
+
+Callback state: a callback whose class defines `state_dict()` and `load_state_dict()` is saved under
+`cb:<state_key>` (`Callback.state_key`, its `name` unless it declares another). Older checkpoints keyed by
+class name (`cb:NTASGD`) still load.
+"""
 from __future__ import annotations
 
 import signal
@@ -6,13 +25,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from rnnkit.checkpoint import capture_rng, restore_rng, save_checkpoint
+from rnnkit.callbacks.schedule import SkipToEpoch
+from rnnkit.checkpoint import CheckpointError, capture_rng, restore_rng, save_checkpoint
 from rnnkit.training.callback import Callback
-from rnnkit.training.events import CancelEpochException, CancelFitException
+from rnnkit.training.events import CancelFitException
 from rnnkit.training.recorder import Recorder
 
-__all__ = ["Checkpointer", "model_hidden_state", "load_model_hidden_state"]
+__all__ = ["Checkpointer", "DEFAULT_HIDDEN_ATTRS", "hidden_state_attrs", "model_hidden_state",
+           "load_model_hidden_state", "stateful_callbacks"]
+
+# Looked for in modules that declare no `hidden_attrs`: AWD-LSTM's and the book's names before the protocol.
+DEFAULT_HIDDEN_ATTRS: tuple[str, ...] = ("hidden", "h")
+
+
+def hidden_state_attrs(module: nn.Module) -> tuple[str, ...] | None:
+    """The attributes `module` declares in `hidden_attrs` as carried across batches; None if it declares none
+    (then `hidden` and `h` are looked for)."""
+    declared = getattr(module, "hidden_attrs", None)
+    if declared is None:
+        return None
+    if isinstance(declared, str) or not all(isinstance(a, str) for a in declared):
+        raise TypeError(f"{type(module).__name__}.hidden_attrs must be a tuple of attribute names, got "
+                        f"{declared!r}; write e.g. hidden_attrs = ('hidden',)")
+    return tuple(declared)
 
 
 def _is_state(v: Any) -> bool:
@@ -24,51 +61,81 @@ def _is_state(v: Any) -> bool:
 def _to_plain(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         return v.detach().cpu().clone()
-    return [_to_plain(o) for o in v]
+    return type(v)(_to_plain(o) for o in v) if isinstance(v, tuple) else [_to_plain(o) for o in v]
 
 
 def _like(saved: Any, current: Any, device: torch.device) -> Any:
+    """`saved` on `device`, in the containers the module uses now (older checkpoints stored tuples as lists)."""
     if isinstance(saved, torch.Tensor):
         return saved.to(device)
-    kind = type(current) if isinstance(current, (list, tuple)) else list
-    return kind(_like(s, c, device) for s, c in zip(saved, current if isinstance(current, (list, tuple)) else saved))
+    kind = type(current) if isinstance(current, (list, tuple)) else type(saved)
+    cur = current if isinstance(current, (list, tuple)) else saved
+    return kind(_like(s, c, device) for s, c in zip(saved, cur))
 
 
-_HIDDEN_ATTRS = ("hidden", "h")  # AWD_LSTM keeps `hidden`, the book's models `h`
-
-
-def model_hidden_state(model: torch.nn.Module) -> dict[str, Any]:
-    """The recurrent state a model carries across batches, per submodule, as CPU tensors."""
+def model_hidden_state(model: nn.Module) -> dict[str, Any]:
+    """The recurrent state a model carries across batches, per submodule, as CPU tensors (keys `name:attr`)."""
     out = {}
     for name, mod in model.named_modules():
-        for attr in _HIDDEN_ATTRS:
-            v = mod.__dict__.get(attr)
+        declared = hidden_state_attrs(mod)
+        for attr in DEFAULT_HIDDEN_ATTRS if declared is None else declared:
+            v = mod.__dict__.get(attr) if declared is None else getattr(mod, attr, None)
             if v is not None and _is_state(v):
                 out[f"{name}:{attr}"] = _to_plain(v)
     return out
 
 
-def load_model_hidden_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
+def load_model_hidden_state(model: nn.Module, state: dict[str, Any]) -> None:
     """Put back what `model_hidden_state` saved."""
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
     mods = dict(model.named_modules())
     for key, v in state.items():
         name, attr = key.rsplit(":", 1)
+        if name not in mods:
+            raise CheckpointError(f"the checkpoint holds the hidden state of submodule {name!r}, which this "
+                                  "model does not have; resume with the model the run was trained with")
         mod = mods[name]
-        current = mod.__dict__.get(attr)
+        current = getattr(mod, attr, None)
         setattr(mod, attr, _like(v, current if current is not None else v, device))
+
+
+def _defines(cb: Callback, method: str) -> bool:
+    # On the class: reading `cb.state_dict` would fall through to the learner's model (Callback.__getattr__).
+    return callable(getattr(type(cb), method, None))
+
+
+def stateful_callbacks(cbs: Any, exclude: Any = None) -> dict[str, Callback]:
+    """The callbacks among `cbs` whose class defines `state_dict`, by `state_key`; an error names two
+    callbacks that share a key, or one that could be saved but not loaded."""
+    out: dict[str, Callback] = {}
+    for cb in cbs:
+        if cb is exclude or not _defines(cb, "state_dict"):
+            continue
+        if not _defines(cb, "load_state_dict"):
+            raise TypeError(f"{type(cb).__name__} defines state_dict() but not load_state_dict(): a checkpoint "
+                            "could save its state but a resume could not put it back; define both")
+        key = cb.state_key
+        if key in out:
+            raise ValueError(f"{type(out[key]).__name__} and {type(cb).__name__} both keep their checkpoint "
+                             f"state under state_key {key!r}; give one of them another state_key (a class "
+                             "attribute) so that a resume restores each its own state")
+        out[key] = cb
+    return out
 
 
 class Checkpointer(Callback):
     """Save a checkpoint at the end of every epoch (and every `every_n_batches` training batches)
-    to `ckpt_dir`, and resume exactly from `resume` (the trainer state of a checkpoint).
+    to `ckpt_dir`; with `resume` (a checkpoint's trainer state), continue exactly where it stopped.
 
+    A resumed fit must start at the checkpoint's epoch: `fit(..., start_epoch=resume["epoch"])` skips the
+    epochs before it, and this callback restores the position inside that epoch in `before_train`.
     SIGINT/SIGTERM during fit stop training at the next batch boundary after saving.
     """
 
     order = 90  # after everything that changes state during a batch (Recorder 50, schedulers 60)
     run_valid = False
+    skip_in_lr_find = True  # lr_find's trial fit must not write checkpoints
 
     def __init__(self, ckpt_dir: str | Path, every_n_batches: int = 0, resume: dict[str, Any] | None = None,
                  extra_state: Any = None, handle_signals: bool = True) -> None:
@@ -77,12 +144,22 @@ class Checkpointer(Callback):
         self.resume, self.extra_state, self.handle_signals = resume, extra_state, handle_signals
         self.interrupted = False
         self.last_path: Path | None = None
+        self._trained = False  # whether this epoch's training ran (epochs skipped by start_epoch get no save)
+        self._old_handlers: dict[int, Any] = {}
 
     # ---- signals ----
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.interrupted = True
 
     def before_fit(self) -> None:
+        stateful_callbacks(self.learn.cbs, exclude=self)  # shared keys fail now, not at the first save
+        if self.resume is not None:
+            skip = self.learn.get_cb(SkipToEpoch)
+            start, epoch = (0 if skip is None else skip.start_epoch), self.resume["epoch"]
+            if start != epoch:
+                raise ValueError(f"Checkpointer(resume=...) continues epoch {epoch} of its checkpoint, but this "
+                                 f"fit starts at epoch {start}; pass start_epoch={epoch} to the fit, e.g. "
+                                 "learn.fit_one_cycle(n_epoch, lr, start_epoch=state['epoch'], cbs=...)")
         self._old_handlers = {}
         if self.handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,11 +174,8 @@ class Checkpointer(Callback):
         self._old_handlers = {}
 
     # ---- resume ----
-    def before_epoch(self) -> None:
-        if self.resume is not None and self.learn.epoch < self.resume["epoch"]:
-            raise CancelEpochException()  # finished before the interruption
-
     def before_train(self) -> None:
+        self._trained = True
         r = self.resume
         if r is None or self.learn.epoch != r["epoch"]:
             return
@@ -114,10 +188,10 @@ class Checkpointer(Callback):
             rec.smooth_loss.val = r["smooth_loss"]["val"].clone()
             rec.smooth_loss.count = r["smooth_loss"]["count"]
         load_model_hidden_state(learn.model, r.get("hidden", {}))
-        for cb in learn.cbs:
-            key = f"cb:{type(cb).__name__}"
-            if key in r and hasattr(cb, "load_state_dict"):
-                cb.load_state_dict(r[key])
+        for key, cb in stateful_callbacks(learn.cbs, exclude=self).items():
+            saved = r.get(f"cb:{key}", r.get(f"cb:{type(cb).__name__}"))  # the second: before state_key
+            if saved is not None:
+                cb.load_state_dict(saved)
         restore_rng(r["rng"])
         self.resume = None
 
@@ -138,9 +212,8 @@ class Checkpointer(Callback):
                                                      "count": rec.smooth_loss.count},
             "extra": self.extra_state() if callable(self.extra_state) else self.extra_state,
         }
-        for cb in learn.cbs:
-            if cb is not self and hasattr(cb, "state_dict") and callable(cb.state_dict):
-                state[f"cb:{type(cb).__name__}"] = cb.state_dict()
+        for key, cb in stateful_callbacks(learn.cbs, exclude=self).items():
+            state[f"cb:{key}"] = cb.state_dict()
         return state
 
     def save(self, next_epoch: int, batch_in_epoch: int, loader_state: Any) -> Path | None:
@@ -165,7 +238,8 @@ class Checkpointer(Callback):
             raise CancelFitException()
 
     def after_epoch(self) -> None:
-        if self.interrupted or self.resume is not None:  # interrupted, or an epoch done before the resume
+        trained, self._trained = self._trained, False
+        if self.interrupted or not trained:  # interrupted, or an epoch skipped before the resume point
             return
         dl = self.learn.dls.train
         # after a whole pass a stateful loader already points at the start of its next epoch

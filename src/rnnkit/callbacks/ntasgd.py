@@ -36,6 +36,7 @@ class NTASGD(Callback):
 
     order = Recorder.order + 10  # reads the row the Recorder writes in after_epoch
     skip_in_lr_find = True
+    state_key = "ntasgd"  # checkpoints keep state_dict() under cb:ntasgd
 
     def __init__(self, monitor: str = "valid_loss", n: int = 5, comp: Callable | None = None) -> None:
         super().__init__()

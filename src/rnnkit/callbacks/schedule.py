@@ -58,7 +58,8 @@ class ParamScheduler(Callback):
 
 
 class SkipToEpoch(Callback):
-    """Skip the epochs before `start_epoch` (used by `fit(..., start_epoch=)` to resume).
+    """Skip the epochs before `start_epoch`: `fit(..., start_epoch=)` adds it, and it is the one way a
+    resume skips the epochs a checkpoint has done (the `Checkpointer` restores the rest).
 
     As in fastai, a skipped epoch is cancelled in `before_epoch`: only `before_epoch`,
     `after_cancel_epoch` and `after_epoch` fire for it, and `train_iter` does not advance

@@ -90,6 +90,8 @@ class AWD_LSTM(nn.Module):
     across batches; returns the last layer's raw output `(bs, seq_len, emb_sz)`."""
 
     initrange = 0.1  # default embedding init: uniform(-initrange, initrange), as fastai
+    # The state carried across batches (docs/hidden-state.md): reset() zeroes it, checkpoints save it.
+    hidden_attrs: tuple[str, ...] = ("hidden",)
 
     def __init__(self, vocab_sz: int, emb_sz: int, n_hid: int, n_layers: int, pad_token: int | None = 1,
                  hidden_p: float = 0.2, input_p: float = 0.6, embed_p: float = 0.1, weight_p: float = 0.5,

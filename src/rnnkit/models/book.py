@@ -8,7 +8,8 @@ from zeros, and it follows the model to another device or dtype.
 
 Stateful models (`LMModel3` on) carry the hidden state from one batch to the next, which is only
 right when row `j` of a batch continues row `j` of the previous one (see `group_chunks`); call
-`reset()` (or use `ModelResetter`) before a new stream.
+`reset()` (or use `ModelResetter`) before a new stream. They declare that state as
+`hidden_attrs = ("h",)`, the hidden-state protocol checkpoints follow (docs/hidden-state.md).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def _carried(h: Tensor | None, bs: int, like: Tensor, batch_dim: int) -> Tensor 
 class LMModel1(nn.Module):
     """Predict the 4th word from 3: the same embedding and hidden layer applied once per word, unrolled by hand."""
 
+    hidden_attrs: tuple[str, ...] = ()  # nothing carried across batches
+
     def __init__(self, vocab_sz: int, n_hidden: int) -> None:
         super().__init__()
         self.i_h = nn.Embedding(vocab_sz, n_hidden)  # input to hidden
@@ -53,6 +56,8 @@ class LMModel1(nn.Module):
 class LMModel2(nn.Module):
     """`LMModel1` as a loop: the first recurrent network; the hidden state starts at zero on every call."""
 
+    hidden_attrs: tuple[str, ...] = ()  # nothing carried across batches
+
     def __init__(self, vocab_sz: int, n_hidden: int) -> None:
         super().__init__()
         self.i_h = nn.Embedding(vocab_sz, n_hidden)
@@ -70,6 +75,8 @@ class LMModel2(nn.Module):
 
 class _ReluRNN(nn.Module):
     """Shared by `LMModel3` and `LMModel4`: the loop's layers and a hidden state kept between calls."""
+
+    hidden_attrs: tuple[str, ...] = ("h",)  # carried across batches; reset() clears it, checkpoints save it
 
     def __init__(self, vocab_sz: int, n_hidden: int) -> None:
         super().__init__()
@@ -131,6 +138,8 @@ class LMModel4(_ReluRNN):
 class LMModel5(nn.Module):
     """A multi-layer `nn.RNN` language model whose `(n_layers, bs, n_hidden)` state is carried across batches."""
 
+    hidden_attrs: tuple[str, ...] = ("h",)  # carried across batches; reset() clears it, checkpoints save it
+
     def __init__(self, vocab_sz: int, n_hidden: int, n_layers: int) -> None:
         super().__init__()
         self.i_h = nn.Embedding(vocab_sz, n_hidden)
@@ -158,6 +167,8 @@ class LMModel5(nn.Module):
 
 class _StatefulLSTM(nn.Module):
     """Embedding -> multi-layer LSTM whose hidden state is carried across batches."""
+
+    hidden_attrs: tuple[str, ...] = ("h",)  # carried across batches; reset() clears it, checkpoints save it
 
     def __init__(self, vocab_sz: int, n_hidden: int, n_layers: int) -> None:
         super().__init__()

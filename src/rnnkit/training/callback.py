@@ -172,6 +172,13 @@ class Callback:
         """Snake-case class name without 'Callback': the learner attribute it is reachable as."""
         return class2attr(self, "Callback")
 
+    @property
+    def state_key(self) -> str:
+        """The key a checkpoint keeps this callback's `state_dict()` under (`cb:<state_key>`): its `name`,
+        unless the class declares a stable one (`state_key = "ntasgd"`) that survives a rename. Two
+        callbacks with state in one learner need different keys; the `Checkpointer` says so at fit."""
+        return self.name
+
     def __repr__(self) -> str:
         return type(self).__name__
 

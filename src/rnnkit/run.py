@@ -4,7 +4,8 @@ folder, and load a run folder back to evaluate or generate.
 A run folder holds::
 
     rnnkit-run.json     marks the folder as a run (format version, state: running/done/...)
-    config.json         the configuration actually used
+    config.json         the configuration actually used; the one home of the run's lr (an LR-finder
+                        suggestion is written here before training, and a resume reads it from here)
     vocab.json          the vocabulary
     model.safetensors   the final weights (written at the end of training)
     checkpoints/        LATEST + ckpt-N/ (weights, optimizer, RNG, loader and schedule position)
@@ -135,14 +136,22 @@ def build_learner(cfg: TrainConfig, dls: Any) -> LMLearner:
     return learn
 
 
-def _fit(learn: LMLearner, cfg: TrainConfig, lr: float, start_epoch: int) -> None:
-    """Fit with `cfg`'s schedule from `start_epoch` (the checkpoint's, on resume)."""
+def _fit(learn: LMLearner, cfg: TrainConfig, start_epoch: int) -> None:
+    """Fit with `cfg`'s schedule at `learn.lr` (the config's), from `start_epoch` (the checkpoint's, on resume)."""
     if cfg.schedule == "one_cycle":
-        learn.fit_one_cycle(cfg.epochs, lr, wd=cfg.wd, start_epoch=start_epoch)
+        learn.fit_one_cycle(cfg.epochs, wd=cfg.wd, start_epoch=start_epoch)
     elif cfg.schedule == "flat_cos":
-        learn.fit_flat_cos(cfg.epochs, lr, wd=cfg.wd, start_epoch=start_epoch)
+        learn.fit_flat_cos(cfg.epochs, wd=cfg.wd, start_epoch=start_epoch)
     else:
-        learn.fit(cfg.epochs, lr, wd=cfg.wd, start_epoch=start_epoch)
+        learn.fit(cfg.epochs, wd=cfg.wd, start_epoch=start_epoch)
+
+
+def _set_config_lr(run: Path, lr: float) -> None:
+    """Write `lr` into the run's config.json (atomically), leaving every other saved value as it is."""
+    path = run / "config.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved["lr"] = lr
+    atomic_write(path, json.dumps(saved, indent=2, sort_keys=True))
 
 
 def _find_lr(learn: LMLearner, run: Path, log_fn: Any) -> float:
@@ -158,6 +167,20 @@ def _find_lr(learn: LMLearner, run: Path, log_fn: Any) -> float:
     lr = float(res.valley)
     log_fn(f"lr_find: using lr {lr:.2e} (valley); plot in {run / 'lr_find.png'}")
     return lr
+
+
+def _lr_of_older_checkpoint(run: Path, cfg: TrainConfig, trainer_state: dict[str, Any]) -> None:
+    """Adopt the lr that a checkpoint written before config.json became the lr's one home carries in
+    `extra['lr']`.
+
+    Those versions kept an LR-finder suggestion only there (config.json held the lr given before the
+    finder ran), so that value is the one the run trained with: it goes into config.json, which holds the
+    run's lr from then on. Newer checkpoints carry no lr and change nothing here."""
+    extra = trainer_state.get("extra")
+    old = extra.get("lr") if isinstance(extra, dict) else None
+    if old is not None and float(old) != cfg.lr:
+        cfg.lr = float(old)
+        _set_config_lr(run, cfg.lr)
 
 
 def _save_plots(learn: LMLearner, run: Path) -> None:
@@ -192,19 +215,19 @@ def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[s
     learn = build_learner(cfg, dls)
     learn.model.to(dls.device)  # before any optimizer state is loaded, so that state lands there too
     trainer_state: dict[str, Any] | None = None
-    lr = cfg.lr
     if ck is not None:
         trainer_state = restore_checkpoint(learn, ck)
-        lr = trainer_state["extra"]["lr"]
+        _lr_of_older_checkpoint(run, cfg, trainer_state)
         _keep_rows_before(run / "metrics.csv", trainer_state["epoch"])
     elif cfg.lr_find:
-        lr = _find_lr(learn, run, log_fn)
-    ckpt = Checkpointer(run / "checkpoints", every_n_batches=cfg.checkpoint_every, resume=trainer_state,
-                        extra_state={"lr": lr})
+        cfg.lr = _find_lr(learn, run, log_fn)
+        _set_config_lr(run, cfg.lr)  # before training: a resume reads the lr from config.json
+    learn.lr = cfg.lr
+    ckpt = Checkpointer(run / "checkpoints", every_n_batches=cfg.checkpoint_every, resume=trainer_state)
     learn.add_cbs([CSVLogger("metrics.csv", append=resume), ckpt])  # relative to learn.path, the run
-    _fit(learn, cfg, lr, 0 if trainer_state is None else trainer_state["epoch"])
+    _fit(learn, cfg, 0 if trainer_state is None else trainer_state["epoch"])
     state = "interrupted" if ckpt.interrupted else "nan" if learn.nan_stopped else "done"
-    summary: dict[str, Any] = {"state": state, "run": run, "checkpoint": ckpt.last_path, "lr": lr}
+    summary: dict[str, Any] = {"state": state, "run": run, "checkpoint": ckpt.last_path, "lr": cfg.lr}
     speed = learn.get_cb(Throughput)
     if speed is not None and speed.epoch_seconds:
         summary["tokens_per_s"], summary["epoch_seconds"] = speed.tokens_per_s[-1], speed.epoch_seconds[-1]

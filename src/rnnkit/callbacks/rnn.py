@@ -61,7 +61,9 @@ class _ARTAR(torch.autograd.Function):
 
     Autograd's version of the same formula runs about a dozen kernels over the activations
     (two zero-filled slice gradients for TAR alone) and as many on scalars; this one runs three
-    over the activations forward and three backward, which matters when a step is a few milliseconds.
+    over the activations forward and three backward. Forward + backward on 2 threads
+    (`benchmarks/bench_ar_tar.py`): 0.57 vs 1.56 ms for the small preset's activations (a step of a
+    few ms), 1.4 vs 5.2 ms at fastai's size in float32, 2.2 vs 6.6 ms in bfloat16.
     Sums are taken in float32 (or wider) whatever the activations' dtype.
     """
 

@@ -118,3 +118,20 @@ class _Weights(torch.nn.Module):
 
     def state_dict(self, *args, **kwargs):
         return dict(self.weights)
+
+
+def test_a_run_folder_that_cannot_be_created_is_a_run_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(run_mod.RunError, match="cannot create the run folder"):
+        prepare_run_folder(blocker / "run", overwrite=False)
+
+
+def test_load_run_validates_the_saved_config(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / run_mod.RUN_MARKER).write_text(json.dumps({"format": "rnnkit-run", "version": 1, "state": "done"}))
+    cfg = TrainConfig(out=str(run))
+    (run / "config.json").write_text(json.dumps({**json.loads(cfg.to_json()), "bs": 0}))
+    with pytest.raises(run_mod.UserError, match="bs=0"):
+        run_mod.load_run(run)

@@ -99,7 +99,10 @@ def prepare_run_folder(out: Path, overwrite: bool) -> None:
         if not is_run(out):
             raise RunError(f"{out} is not a run folder; --overwrite only replaces runs. Choose another --out")
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the run folder {out}: {e.strerror or e}; choose another --out") from None
 
 
 def build_dls(cfg: TrainConfig, vocab: Vocab | None = None) -> TextDataLoaders:
@@ -108,8 +111,9 @@ def build_dls(cfg: TrainConfig, vocab: Vocab | None = None) -> TextDataLoaders:
     if vocab is not None:
         try:
             vocab.check_matches(corpus.vocab, what="corpus read now")
-        except ValueError as e:
-            raise RunError(f"the run's vocabulary does not match the corpus at {cfg.data}: {e}") from None
+        except UserError as e:
+            where = cfg.data if cfg.data else f"{cfg.corpus}'s default folder"
+            raise RunError(f"the run's vocabulary does not match the corpus at {where}: {e}") from None
     return TextDataLoaders.from_corpus(corpus, path=cfg.out, bs=cfg.bs, seq_len=cfg.bptt,
                                        random_bptt=cfg.random_bptt, seed=cfg.seed, device=resolve_device(cfg.device))
 
@@ -270,6 +274,7 @@ def load_run(run: Path, data: str | None = None, need_data: bool = True,
                                   source=str(run / "config.json"))
     except (OSError, ValueError) as e:
         raise RunError(f"{run / 'config.json'} is missing or unreadable: {e}") from None
+    cfg.validate()
     if data is not None:
         cfg.data = data
     if device is not None:
@@ -295,6 +300,6 @@ def load_run(run: Path, data: str | None = None, need_data: bool = True,
             raise CheckpointError(f"{final} is corrupt or truncated ({e}); train again or use a checkpoint") from e
     else:
         weights, _, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"))
-    load_weights(learn.model, weights, what=f"weights in {run}")
+    load_weights(learn.model, weights, what=f"saved model of {run}")
     learn.model.to(dls.device)
     return cfg, learn

@@ -33,11 +33,12 @@ from rnnkit.schedules import *
 from rnnkit.training.callback import CastToTensor, Callback, TrainEvalCallback
 from rnnkit.training.events import *
 from rnnkit.training.learner import Learner, before_batch_cb, norm_bias_params, trainable_params
-from rnnkit.checkpoint import load_model, load_model_state, save_model
+from rnnkit.checkpoint import load_model, load_model_state, restore_checkpoint, save_model
 from rnnkit.training.recorder import Recorder
 from rnnkit.utils import *
 from rnnkit.torch_core import *
 from rnnkit.models import *
 from rnnkit.text.learner import LMLearner, TextLearner, awd_lstm_lm_split, language_model_learner
+from rnnkit.errors import MissingFileError, UserError
 from rnnkit.export import ExportError, export_learner, load_learner
 from rnnkit.test_utils import RegModel, VerboseCallback, equals, synth_dbunch, synth_learner, test_eq, test_ne

@@ -19,10 +19,10 @@ from torch import Tensor
 from rnnkit.optim.optimizer import Optimizer
 from rnnkit.optim.rmsprop import average_sqr_grad
 from rnnkit.optim.sgd import average_grad, l2_reg, weight_decay
-from rnnkit.optim.stepper import (buffer_like, buffers_like, foreach_of, sqrt_into, stepper, with_scratch,
+from rnnkit.optim.stepper import (Scratch, buffer_like, buffers_like, foreach_of, sqrt_into, stepper, with_scratch,
                                   zeros_like_all)
 
-__all__ = ["step_stat", "debias", "adam_step", "fused_adam", "Adam"]
+__all__ = ["step_stat", "debias", "adam_denominator", "adam_step", "fused_adam", "Adam"]
 
 Tensors = list[Tensor]
 Params = Iterable[Tensor] | Iterable[Sequence[Tensor]]
@@ -44,6 +44,17 @@ def debias(mom: float, damp: float, step: int) -> float:
     return damp * (1 - mom**step) / (1 - mom)
 
 
+def adam_denominator(sqr_avg: Tensors, sqr_mom: float, step: int, eps: float,
+                     scratch: Scratch | None) -> tuple[Tensors, float]:
+    """Adam's denominator for a batch of parameters, as `(sqrt(sqr_avg) + eps*root2, root2)` with
+    `root2 = sqrt(debias2)`: since `sqrt(sqr_avg/debias2) + eps == (sqrt(sqr_avg) + eps*root2) / root2`,
+    a step divides by it and multiplies by `root2`, two passes over the tensors fewer."""
+    root2 = math.sqrt(debias(sqr_mom, 1 - sqr_mom, step))
+    denom = sqrt_into(buffers_like(sqr_avg, scratch), sqr_avg)
+    torch._foreach_add_(denom, eps * root2)
+    return denom, root2
+
+
 @with_scratch
 @stepper()
 def adam_step(p: Tensor, lr: float, mom: float, step: int, sqr_mom: float,
@@ -61,10 +72,7 @@ def _adam_step_foreach(ps: Tensors, grads: Tensors, *, lr: float, mom: float, st
                        sqr_mom: float, grad_avg: Tensors, sqr_avg: Tensors, eps: float,
                        **kw: Any) -> None:
     debias1 = debias(mom, 1 - mom, step)
-    root2 = math.sqrt(debias(sqr_mom, 1 - sqr_mom, step))
-    # sqrt(sqr_avg/debias2) + eps == (sqrt(sqr_avg) + eps*root2) / root2: two passes fewer
-    denom = sqrt_into(buffers_like(sqr_avg, kw.get("scratch")), sqr_avg)
-    torch._foreach_add_(denom, eps * root2)
+    denom, root2 = adam_denominator(sqr_avg, sqr_mom, step, eps, kw.get("scratch"))
     torch._foreach_addcdiv_(ps, grad_avg, denom, value=-lr * root2 / debias1)
 
 

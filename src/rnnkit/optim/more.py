@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.optim.adam import debias, step_stat
+from rnnkit.optim.adam import adam_denominator, debias, step_stat
 from rnnkit.optim.optimizer import Optimizer
 from rnnkit.optim.rmsprop import average_sqr_grad
 from rnnkit.optim.sgd import average_grad, l2_reg, weight_decay
@@ -148,10 +148,8 @@ def _lamb_step_foreach(ps: Tensors, grads: Tensors, *, lr: float, mom: float, st
                        sqr_mom: float, grad_avg: Tensors, sqr_avg: Tensors, eps: float,
                        **kw: Any) -> None:
     debias1 = debias(mom, 1 - mom, step)
-    root2 = math.sqrt(debias(sqr_mom, 1 - sqr_mom, step))
-    u = sqrt_into(buffers_like(sqr_avg, kw.get("scratch")), sqr_avg)  # u = root2/debias1 * m / (sqrt(v) + eps*root2)
-    torch._foreach_add_(u, eps * root2)
-    torch._foreach_reciprocal_(u)
+    u, root2 = adam_denominator(sqr_avg, sqr_mom, step, eps, kw.get("scratch"))
+    torch._foreach_reciprocal_(u)  # u = root2/debias1 * m / (sqrt(v) + eps*root2)
     torch._foreach_mul_(u, grad_avg)
     torch._foreach_mul_(u, root2 / debias1)
     q = _trust_ratio(torch.stack(torch._foreach_norm(ps)), torch.stack(torch._foreach_norm(u)))

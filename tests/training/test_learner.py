@@ -173,7 +173,7 @@ def test_wd_not_applied_to_biases_by_default(make_learner):
 def test_torch_optimizer_through_wrapper(make_learner):
     from functools import partial
 
-    from rnnkit.optim.optimizer import OptimWrapper
+    from rnnkit.optim import OptimWrapper
 
     learn = make_learner(opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=0.05)
     before = learn.validate()[0]

@@ -342,3 +342,12 @@ class Optimizer(BaseOptimizer):
         self.grouping.reset()
         for p, s in zip(params, sd["state"]):
             self.state[p] = {k: copy_to(v, getattr(p, "device", None)) for k, v in s.items()}
+
+
+def __getattr__(name: str) -> Any:
+    """`OptimWrapper` and its helpers lived here before the optimizer redesign: keep that import path."""
+    if name in ("OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"):
+        from rnnkit.optim import wrapper
+
+        return getattr(wrapper, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -121,3 +121,19 @@ def test_scratch_hands_out_views_of_one_reused_buffer():
     assert again[0].data_ptr() == first[0].data_ptr()
     s.like_all([torch.zeros(100)])  # a larger request grows the buffer
     assert s.like_all(ts)[0].untyped_storage().nbytes() >= 400
+
+
+def test_scratch_buffers_start_as_zeros_so_fused_rmsprop_never_reads_garbage(monkeypatch):
+    # fused RMSProp runs the Adam kernel with beta1 = 0 on a scratch first moment: NaN or inf left in a fresh
+    # buffer would make its `lerp_(grad, 1)` NaN (seen once in CI when the buffers came from `torch.empty`).
+    full = torch.full
+    monkeypatch.setattr(torch, "empty", lambda n, dtype=None, device=None, **_: full(
+        (n,) if isinstance(n, int) else n, float("nan"), dtype=dtype, device=device))
+    assert torch.equal(Scratch().like_all([torch.zeros(64, 64)], slot=2)[0], torch.zeros(64, 64))
+    ps, ref = params(), params()
+    opt, opt_ref = RMSProp(ps, lr=1e-2, wd=0.1, decouple_wd=False), RMSProp(ref, lr=1e-2, wd=0.1, decouple_wd=False)
+    opt_ref.impl = "per_param"
+    steps(opt, ps), steps(opt_ref, ref)
+    for p, q in zip(ps, ref):
+        assert torch.isfinite(p).all()
+        torch.testing.assert_close(p, q)

@@ -77,7 +77,10 @@ def fused_rmsprop(ps: Tensors, grads: Tensors, *, lr: float, sqr_mom: float, eps
     if not 0 <= sqr_mom < 1:
         return None
     sqr_avg = zeros_like_all(grads) if sqr_avg is None else sqr_avg
-    first = buffers_like(grads, scratch)  # with beta1 = 0 the kernel writes the gradient here
+    # With beta1 = 0 the kernel writes the gradient here: `first.lerp_(grad, 1)`, which is the gradient
+    # exactly whatever `first` held, unless it held NaN or inf; so it starts as zeros (the Scratch's are), in
+    # a slot of its own that only ever holds gradients.
+    first = scratch.like_all(grads, slot=2) if scratch is not None else zeros_like_all(grads)
     steps = [torch.tensor(NO_BIAS_CORRECTION, device=ps[0].device)] * len(ps)
     kernel = torch._fused_adamw_ if decouple_wd else torch._fused_adam_
     kernel(ps, grads, first, sqr_avg, [], steps, lr=lr, beta1=0.0, beta2=sqr_mom,

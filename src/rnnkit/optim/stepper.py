@@ -163,7 +163,9 @@ class Scratch:
         key = (like.dtype, like.device, slot)
         buf = self._bufs.get(key)
         if buf is None or buf.numel() < numel:
-            buf = self._bufs[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+            # Zeros, not `empty`: a buffer read before it is written (fused RMSProp's first moment, weighted
+            # by 0) must not hold NaN or inf garbage. Paid once per growth, not per step.
+            buf = self._bufs[key] = torch.zeros(numel, dtype=like.dtype, device=like.device)
             self._views.clear()  # views of the old buffer would keep it alive
         return buf
 

@@ -64,7 +64,9 @@ def _mask_bits16(sz: Sequence[int], drop: int, p: float, dtype: torch.dtype, dev
     PyTorch's CPU generator fills tensors one number at a time on one core, and that dominated the cost
     of weight dropout (tens of ms per step for an AWD-LSTM's 11M hidden-to-hidden weights). One 64-bit
     draw gives four 16-bit numbers, so this needs a quarter of the draws of `torch.rand(sz) >= p`; the
-    comparison writes the mask straight in `dtype` (no boolean tensor to convert).
+    comparison writes the mask straight in `dtype` (no boolean tensor to convert). Measured on 2 threads
+    (`benchmarks/bench_dropout.py`, the 'rand' column): 2.0-3.4x faster than the plain mask, e.g. 13 vs 27 ms
+    (float32) and 6 vs 20 ms (bfloat16) for a 4608x1152 hidden-to-hidden weight.
     """
     n = math.prod(sz)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)

@@ -30,6 +30,12 @@ with probability `1 - p_half`, else `seq_len / 2`; the length is a normal draw a
 it starts, from a generator seeded by `(seed, epoch)`, so `len()` is exact and runs repeat.
 A callback can rescale the learning rate by `dl.seq_len_of_batch / dl.bptt`.
 
+Distributed training (`shard`): process `r` of `N` takes rows `r*bs/N .. (r+1)*bs/N - 1` of the
+same `bs`-row layout, windows and document order (both drawn from the seed, the same on every
+process). With bs = 4 and N = 2, process 0 yields rows 0-1 and process 1 rows 2-3 of each batch
+above: every process's rows still continue from batch to batch, and together the processes see
+exactly the tokens one process of `bs` rows sees. The batch position (`state_dict`) is global.
+
 Batches are `int64` copies of `(bs, seq_len)` slices of a 2-d int32 view of the stream:
 an epoch never builds per-token Python objects or an int64 copy of the stream, so a
 memory-mapped `TokenStream` is read page by page. Shuffling documents costs one int32
@@ -94,6 +100,8 @@ class LMDataLoader(DeviceMixin):
         seed: seeds document order and window lengths (with the epoch); None draws one from
             torch's global generator at construction, so `torch.manual_seed` fixes it.
         drop_last: skip the last window of an epoch when it is shorter than the others.
+
+    `shard(rank, world_size)` gives the loader one process of a distributed run uses.
     """
 
     def __init__(
@@ -139,6 +147,7 @@ class LMDataLoader(DeviceMixin):
         self._active: _Pass | None = None
         self._sched_cache: tuple[tuple, tuple[np.ndarray, np.ndarray]] | None = None
         self._rows_cache: tuple[tuple[int, int], np.ndarray] | None = None
+        self._shard = (0, 1)  # (rank, world_size): which block of rows this loader yields
 
     # ---- sizes and options ----
     @property
@@ -156,8 +165,44 @@ class LMDataLoader(DeviceMixin):
         """The base window length (`seq_len`), for rescaling the lr by `seq_len_of_batch / bptt`."""
         return self.seq_len
 
+    @property
+    def rank(self) -> int:
+        """Which block of rows this loader yields (0 unless it is a `shard`)."""
+        return self._shard[0]
+
+    @property
+    def world_size(self) -> int:
+        """Into how many blocks each batch's `bs` rows are split (1 unless it is a `shard`)."""
+        return self._shard[1]
+
+    @property
+    def local_bs(self) -> int:
+        """Rows in each batch this loader yields: `bs / world_size`."""
+        return self.bs // self.world_size
+
+    def shard(self, rank: int, world_size: int, seed: int | None = None) -> LMDataLoader:
+        """The loader for process `rank` of `world_size`: its block of `bs / world_size` rows of the same
+        layout, at this loader's position. Every process must use the same `seed` (default: this loader's)."""
+        world_size = _check_int("world_size", world_size, 1)
+        rank = _check_int("rank", rank, 0)
+        if rank >= world_size:
+            raise UserError(f"rank must be below world_size={world_size}, got {rank}.")
+        res = self.new(seed=self.seed if seed is None else seed)
+        res._set_shard(rank, world_size)
+        res.load_state_dict({"epoch": self.epoch, "batch": self.state_dict()["batch"]})
+        return res
+
+    def _set_shard(self, rank: int, world_size: int) -> None:
+        if self.bs % world_size:
+            up = -(-self.bs // world_size) * world_size
+            raise UserError(f"bs={self.bs} is not divisible by the {world_size} processes: each process takes "
+                            f"bs/{world_size} rows of the same batches. Use a multiple of {world_size}, "
+                            f"e.g. bs={up}.")
+        self._shard = (rank, world_size)
+
     def new(self, dataset: Any = None, **kwargs: Any) -> LMDataLoader:
-        """A copy of this loader with some arguments changed, e.g. `dl.new(shuffle=False, random_bptt=False)`."""
+        """A copy of this loader with some arguments changed, e.g. `dl.new(shuffle=False, random_bptt=False)`;
+        a shard's copy is the same shard."""
         args: dict[str, Any] = dict(
             bs=self.bs, seq_len=self.seq_len, shuffle=self.shuffle, random_bptt=self.random_bptt,
             min_seq_len=self.min_seq_len, max_seq_len=self.max_seq_len, p_half=self.p_half,
@@ -165,9 +210,12 @@ class LMDataLoader(DeviceMixin):
         )
         args.update(kwargs)
         if dataset is not None:
-            return type(self)(dataset, **args)
-        res = type(self)(self.stream, **args)  # same data: share the stream, no conversion
-        res.dataset = self.dataset
+            res = type(self)(dataset, **args)
+        else:
+            res = type(self)(self.stream, **args)  # same data: share the stream, no conversion
+            res.dataset = self.dataset
+        if self.world_size > 1:
+            res._set_shard(*self._shard)
         return res
 
     # ---- epochs and resuming ----
@@ -270,9 +318,10 @@ class LMDataLoader(DeviceMixin):
         return shuffled
 
     def _rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """2-d int32 views `(bs, L)` of the inputs and of the targets (shifted by one) for `epoch`."""
+        """2-d int32 views `(local_bs, L)` of this shard's inputs and targets (shifted by one) for `epoch`."""
         ids, bs, L = self._epoch_ids(epoch), self.bs, self.row_len
-        return ids[:bs * L].reshape(bs, L), ids[1:bs * L + 1].reshape(bs, L)
+        lo, hi = self.rank * self.local_bs, (self.rank + 1) * self.local_bs  # this process's block of rows
+        return ids[:bs * L].reshape(bs, L)[lo:hi], ids[1:bs * L + 1].reshape(bs, L)[lo:hi]
 
     def _to_batch(self, x_rows: np.ndarray, y_rows: np.ndarray, t: int,
                   sl: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,7 +356,7 @@ class LMDataLoader(DeviceMixin):
                 # Advanced before yielding: a checkpoint taken while `b` is in use resumes after it.
                 run.batch, self.seq_len_of_batch = i + 1, sl
                 if release:
-                    unreleased += self.bs * sl
+                    unreleased += self.local_bs * sl
                     if unreleased >= _RELEASE_TOKENS:  # keep resident memory to the pages in use
                         self.stream.release_memory()
                         unreleased = 0
@@ -326,6 +375,7 @@ class LMDataLoader(DeviceMixin):
         return self._to_batch(*self._rows(epoch), int(starts[i]), int(lengths[i]))
 
     def __repr__(self) -> str:
+        shard = f", shard={self.rank}/{self.world_size}" if self.world_size > 1 else ""
         return (f"{type(self).__name__}(n={self.n}, bs={self.bs}, seq_len={self.seq_len}, "
                 f"shuffle={self.shuffle}, random_bptt={self.random_bptt}, drop_last={self.drop_last}, "
-                f"device={self.device})")
+                f"device={self.device}{shard})")

@@ -5,13 +5,21 @@ or numbers (the chapter's `L` of `(tensor, tensor)` or `(tensor, int)`), the dat
 stacked once into one tensor per field, so a batch costs one slice or `index_select`
 instead of a Python loop over its items. Anything else goes through torch's
 `default_collate`. `DeviceMixin` gives this loader and the language-model loader their `device` and `to`.
+
+For distributed training, `shard(rank, world_size)` splits every batch of `bs` items into
+`world_size` contiguous blocks, one per process: process `r` takes items `r*bs/N .. (r+1)*bs/N - 1`
+of each batch. Every process has the same number of batches, the shards are disjoint, and a stateful
+model fed `group_chunks` data (row `j` continuing row `j`) keeps that property on every process.
+A shard shuffles by a permutation drawn from `(seed, epoch)`, identical on every process.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch.utils.data import default_collate
 
@@ -106,7 +114,8 @@ class DataLoader(DeviceMixin):
         collate_fn: turns a list of items into a batch; replaces the stacked fast path.
 
     Unshuffled batches from the fast path are views into one stacked copy of the dataset:
-    clone a batch before changing it in place.
+    clone a batch before changing it in place. `shard(rank, world_size)` gives the loader one
+    process of a distributed run uses (see the module docstring).
     """
 
     def __init__(
@@ -124,8 +133,11 @@ class DataLoader(DeviceMixin):
             raise UserError(f"num_workers must be an int >= 0, got {num_workers!r}.")
         if seed is None or isinstance(seed, torch.Generator):
             self._generator = seed
+            self.seed: int | None = None
         else:
             self._generator = torch.Generator().manual_seed(int(seed))
+            self.seed = int(seed)  # a shard's epoch orders are drawn from (seed, epoch)
+        self._shard, self._epoch = (0, 1), 0  # (rank, world_size); the epoch a shard runs next
         self.dataset = dataset
         self.bs = bs
         self.shuffle, self.drop_last, self.num_workers = bool(shuffle), bool(drop_last), num_workers
@@ -168,7 +180,64 @@ class DataLoader(DeviceMixin):
 
     def __len__(self) -> int:
         n, bs = self.n, self.bs
-        return n // bs if self.drop_last else -(-n // bs)
+        if self.drop_last or (self._shard[1] > 1 and n % bs < self._shard[1]):
+            return n // bs  # a shard skips a last batch too small to give each process an item
+        return -(-n // bs)
+
+    # ---- distributed shards ----
+    @property
+    def rank(self) -> int:
+        """Which block of each batch this loader yields (0 unless it is a `shard`)."""
+        return self._shard[0]
+
+    @property
+    def world_size(self) -> int:
+        """Into how many blocks each batch is split (1 unless it is a `shard`)."""
+        return self._shard[1]
+
+    def shard(self, rank: int, world_size: int, seed: int | None = None) -> DataLoader:
+        """The loader for process `rank` of `world_size`: its contiguous block of `bs / world_size` items of
+        every batch. Every process must pass the same `seed` (default: this loader's, else one drawn from
+        its generator, or from torch's when it has none)."""
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise UserError(f"world_size must be an int >= 1, got {world_size!r}.")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise UserError(f"rank must be an int in [0, {world_size}), got {rank!r}.")
+        if seed is None:
+            seed = self.seed if self.seed is not None else int(
+                torch.randint(0, 2**62, (1,), generator=self._generator).item())
+        res = self.new()
+        res._set_shard(rank, world_size)
+        res.seed = int(seed)
+        small = self.n % self.bs
+        if world_size > 1 and not self.drop_last and 0 < small < world_size and rank == 0:
+            warnings.warn(f"the last batch has {small} item(s), fewer than the {world_size} processes: "
+                          f"every process skips it. Use a bs that leaves 0 or at least {world_size} items "
+                          f"over ({self.n} items).", stacklevel=2)
+        return res
+
+    def _set_shard(self, rank: int, world_size: int) -> None:
+        if self.bs % world_size:
+            up = -(-self.bs // world_size) * world_size
+            raise UserError(f"bs={self.bs} is not divisible by the {world_size} processes: each process takes "
+                            f"bs/{world_size} items of the same batches. Use a multiple of {world_size}, "
+                            f"e.g. bs={up}.")
+        self._shard = (rank, world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make a shard's next iteration draw the order of `epoch` (iterations count epochs themselves)."""
+        self._epoch = int(epoch)
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        """Start and end, in the epoch's order, of each batch this loader yields (its block of each batch)."""
+        n, bs = self.n, self.bs
+        rank, world = self._shard
+        out = []
+        for i in range(len(self)):
+            start, end = i * bs, min((i + 1) * bs, n)
+            k = end - start  # bs, or fewer in a last batch: its blocks differ by one item at most
+            out.append((start + rank * k // world, start + (rank + 1) * k // world))
+        return out
 
     def new(self, dataset: Sequence[Any] | None = None, **kwargs: Any) -> DataLoader:
         """A copy of this loader with some arguments changed, e.g. `dl.new(shuffle=False)`."""
@@ -185,6 +254,9 @@ class DataLoader(DeviceMixin):
         res = type(self)(self.dataset if dataset is None else dataset, **args)
         if dataset is None:  # same items: share the stacked copy
             res._stacked, res._stack_checked = self._stacked, self._stack_checked
+        if self.world_size > 1:  # a shard's copy is the same shard
+            res._set_shard(*self._shard)
+            res.seed = self.seed
         return res
 
     def one_batch(self) -> Any:
@@ -194,11 +266,12 @@ class DataLoader(DeviceMixin):
                 f"DataLoader has no full batch: {self.n} items, bs={self.bs}, drop_last=True; "
                 "lower bs or set drop_last=False."
             )
-        it = self.__iter__()
+        it, epoch = self.__iter__(), self._epoch
         try:
             return next(it)
         finally:
             it.close()
+            self._epoch = epoch  # a look at the first batch is no epoch
 
     def _stacked_fields(self) -> tuple[tuple[torch.Tensor, ...], bool] | None:
         # Checked once per dataset, on first use: construction stays cheap.
@@ -207,9 +280,12 @@ class DataLoader(DeviceMixin):
             self._stack_checked = True
         return self._stacked
 
-    def _epoch_order(self) -> torch.Tensor | None:
+    def _epoch_order(self, epoch: int) -> torch.Tensor | None:
         if not self.shuffle:
             return None
+        if self.world_size > 1:  # the same permutation on every process
+            rng = np.random.default_rng([self.seed or 0, epoch])
+            return torch.from_numpy(rng.permutation(self.n))
         return torch.randperm(self.n, generator=self._generator)
 
     def _collate(self, items: list[Any]) -> Any:
@@ -219,16 +295,17 @@ class DataLoader(DeviceMixin):
         return tuple(b) if isinstance(items[0], (tuple, list)) else b
 
     def __iter__(self) -> Generator[Any, None, None]:
-        batches = self._worker_batches() if self.num_workers > 0 else self._main_batches()
+        # torch's loader shuffles an unsharded loader with workers itself
+        ours = self.num_workers == 0 or self.world_size > 1
+        order = self._epoch_order(self._epoch) if ours else None
+        self._epoch += 1
+        batches = self._worker_batches(order) if self.num_workers > 0 else self._main_batches(order)
         for b in batches:
             yield b if self.device is None else to_device(b, self.device)
 
-    def _main_batches(self) -> Iterator[Any]:
-        n, bs = self.n, self.bs
-        order = self._epoch_order()
+    def _main_batches(self, order: torch.Tensor | None) -> Iterator[Any]:
         stacked = self._stacked_fields()
-        for i in range(len(self)):
-            start, end = i * bs, min((i + 1) * bs, n)
+        for start, end in self._bounds():
             idx = None if order is None else order[start:end]
             if stacked is not None:
                 fields, as_tuple = stacked
@@ -241,8 +318,17 @@ class DataLoader(DeviceMixin):
                 ids = range(start, end) if idx is None else idx.tolist()
                 yield self._collate([self.dataset[j] for j in ids])
 
-    def _worker_batches(self) -> Iterator[Any]:
-        loader: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+    def _worker_batches(self, order: torch.Tensor | None) -> Iterator[Any]:
+        loader: torch.utils.data.DataLoader
+        if self.world_size > 1:  # this shard's blocks, in the order every process draws
+            ids = torch.arange(self.n) if order is None else order
+            loader = torch.utils.data.DataLoader(
+                self.dataset,  # type: ignore[arg-type]
+                batch_sampler=[ids[s:e].tolist() for s, e in self._bounds()],
+                num_workers=self.num_workers, collate_fn=self._collate)
+            yield from loader
+            return
+        loader = torch.utils.data.DataLoader(
             self.dataset,  # type: ignore[arg-type]
             batch_size=self.bs,
             shuffle=self.shuffle,
@@ -254,7 +340,8 @@ class DataLoader(DeviceMixin):
         yield from loader
 
     def __repr__(self) -> str:
+        shard = f", shard={self.rank}/{self.world_size}" if self.world_size > 1 else ""
         return (
             f"{type(self).__name__}(n={self.n}, bs={self.bs}, shuffle={self.shuffle}, "
-            f"drop_last={self.drop_last}, device={self.device})"
+            f"drop_last={self.drop_last}, device={self.device}{shard})"
         )

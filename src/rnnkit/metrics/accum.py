@@ -1,7 +1,8 @@
 """`AccumMetric`, computed once on all the predictions of the epoch, and the classification and
 regression metrics of fastai that are plain functions of `(pred, targ)` or `AccumMetric`s.
 
-The batches an `AccumMetric` stores stay on their device until `value` is read.
+The batches an `AccumMetric` stores stay on their device until `value` is read; in distributed
+training `sync()` gathers every process's predictions and targets (rank by rank).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit.distributed import all_gather_cat, is_distributed
 from rnnkit.metrics.core import Metric, func_name
 
 __all__ = [
@@ -115,6 +117,16 @@ class AccumMetric(Metric):
             preds, targs = flatten_check(preds, targs)
         self.preds.append(preds)
         self.targs.append(targs)
+
+    def sync(self) -> None:
+        """Replace the stored batches by every process's, concatenated in rank order; a no-op in one process.
+
+        Sharded loaders give every process the same number of batches, so either all have some or none.
+        """
+        if not is_distributed() or not self.preds:
+            return
+        self.preds = [all_gather_cat(torch.cat(self.preds))]
+        self.targs = [all_gather_cat(torch.cat(self.targs))]
 
     def __call__(self, preds: Tensor, targs: Tensor) -> Any:
         """The metric on one batch (no activation or argmax applied), forgetting what was stored."""

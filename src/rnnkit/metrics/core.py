@@ -4,6 +4,9 @@ Recorder uses, accuracy and perplexity.
 `accumulate` runs every batch and keeps its running totals as tensors on the model's device, so no
 batch forces a device sync; `value` converts to a Python number once, when it is read. Averages are
 weighted by batch size, so uneven last batches are counted exactly.
+
+In distributed training each process sees its shard of the split; `sync()` adds up the totals and
+counts of every process, so that `value` is the whole split's (the Recorder calls it).
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
+
+from rnnkit.distributed import all_reduce_sum, is_distributed
 
 __all__ = [
     "Metric", "AvgMetric", "AvgLoss", "AvgSmoothLoss", "ValueMetric", "Perplexity",
@@ -77,6 +82,14 @@ class Metric:
     def accumulate(self, learn: Any) -> None:
         """Update the state from `learn.pred`, `learn.yb`, `learn.loss` after a batch."""
 
+    def sync(self) -> None:
+        """Combine the state of every process of a distributed run, so that `value` covers every shard.
+
+        The Recorder calls it once per phase, on every process, after the last batch of a sharded
+        loader. The base class keeps each process's own state (rank 0's value is the one shown):
+        override it for a metric whose state can be summed or gathered.
+        """
+
     @property
     def value(self) -> Any:
         """The metric for everything accumulated since `reset`."""
@@ -101,6 +114,18 @@ class _WeightedMean(Metric):
     def reset(self) -> None:
         """Zero the running total and count."""
         self.total, self.count = 0.0, 0
+
+    def sync(self) -> None:
+        """Sum the totals and counts of every process (in float64); a no-op in one process."""
+        if not is_distributed():
+            return
+        total = self.total
+        like = total if isinstance(total, Tensor) else None
+        sums = torch.stack([torch.as_tensor(total, dtype=torch.float64).reshape(()).cpu(),
+                            torch.tensor(float(self.count), dtype=torch.float64)])
+        all_reduce_sum(sums)
+        self.count = int(sums[1].item())
+        self.total = sums[0].to(like) if like is not None else float(sums[0])
 
     @property
     def value(self) -> Any:

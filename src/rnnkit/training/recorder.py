@@ -27,6 +27,10 @@ class Recorder(Callback):
 
     Each epoch the row `[epoch, train_loss, valid_loss, *metrics, 'mm:ss']` goes to
     `learn.logger`. `train_loss` is the smoothed training loss at the end of the epoch.
+
+    In distributed training (`Learner.distrib_ctx`) the loader is one process's shard: the Recorder
+    `sync`s its metrics across the processes before reading them, so every process records the
+    values of the whole split; the per-batch training loss is already global (`DistributedTrainer`).
     """
 
     order = 50
@@ -108,11 +112,20 @@ class Recorder(Callback):
         for m in self._valid_mets:
             m.reset()
 
+    def _sync(self, mets: list[Metric]) -> None:
+        # Only a shard's values are partial; an unsharded loader (validate() outside a distributed fit)
+        # saw everything, and a collective there would wait for processes that may not be validating.
+        if getattr(self.learn.dl, "world_size", 1) > 1:
+            for m in mets:
+                m.sync()
+
     def after_train(self) -> None:
+        self._sync(self._train_mets)
         self.log += [_value(m) for m in self._train_mets]
 
     def after_validate(self) -> None:
         mets = self._valid_mets
+        self._sync(mets)
         self.learn.final_record = [_value(m) for m in mets]
         if self.valid_metrics:
             self.log += self.learn.final_record

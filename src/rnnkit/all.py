@@ -34,6 +34,7 @@ from rnnkit.training.callback import CastToTensor, Callback, TrainEvalCallback
 from rnnkit.training.events import *
 from rnnkit.training.learner import Learner, before_batch_cb, norm_bias_params, trainable_params
 from rnnkit.checkpoint import load_model, load_model_state, restore_checkpoint, save_model
+from rnnkit.distributed import *
 from rnnkit.training.recorder import Recorder
 from rnnkit.utils import *
 from rnnkit.torch_core import *

@@ -23,6 +23,7 @@ from rnnkit.training.events import (
     CancelFitException, CancelStepException, CancelTrainException, CancelValidException,
 )
 from rnnkit.training.callback_registry import CallbackRegistry
+from rnnkit.training.distributed_methods import DistributedMethods
 from rnnkit.training.evaluation import EvaluationMethods
 from rnnkit.training.fit_schedules import ScheduleMethods
 from rnnkit.training.recorder import Recorder
@@ -65,7 +66,7 @@ def before_batch_cb(f: Callable) -> Callback:
     return Callback(before_batch=_before_batch)
 
 
-class Learner(CallbackRegistry, ScheduleMethods, EvaluationMethods):
+class Learner(CallbackRegistry, ScheduleMethods, EvaluationMethods, DistributedMethods):
     """Group data, model, loss and optimizer, and train them with `fit` and its schedules."""
 
     def __init__(self, dls: Any, model: nn.Module, loss_func: Callable | None = None,

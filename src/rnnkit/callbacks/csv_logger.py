@@ -1,10 +1,11 @@
-"""Write the per-epoch table to a CSV file."""
+"""Write the per-epoch table to a CSV file (in distributed training, rank 0 alone writes it)."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 from typing import IO, Any
 
+from rnnkit.distributed import is_rank0
 from rnnkit.training.callback import Callback
 from rnnkit.training.recorder import Recorder
 
@@ -27,6 +28,8 @@ class CSVLogger(Callback):
         return self.fname if self.fname.is_absolute() else self.learn.path / self.fname
 
     def before_fit(self) -> None:
+        if not is_rank0():  # every process records the same rows; one writes them
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         exists = self.path.exists() and self.path.stat().st_size > 0
         self._file = open(self.path, "a" if self.append else "w", newline="")
@@ -41,11 +44,10 @@ class CSVLogger(Callback):
 
     def after_epoch(self) -> None:
         rec = self.learn.get_cb(Recorder)
-        if len(rec.values) == getattr(self, "_n_rows", -1):
-            return  # an epoch skipped (start_epoch, resume): the Recorder wrote no row, nor does the file
+        if self._file is None or len(rec.values) == getattr(self, "_n_rows", -1):
+            return  # not rank 0, or an epoch skipped (start_epoch, resume): the Recorder wrote no row
         self._writer.writerow(["" if v is None else v for v in rec.log])
-        if self._file is not None:
-            self._file.flush()
+        self._file.flush()
 
     def after_fit(self) -> None:
         if self._file is not None:

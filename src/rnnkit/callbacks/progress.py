@@ -3,6 +3,7 @@
 In Jupyter the table is HTML and the bar a widget; in a terminal both are plain text
 (the bar only when stderr is a terminal). Silence it with `learn.no_bar()`,
 `ProgressCallback(show_bar=False, show_table=False)`, or `RNNKIT_NO_PROGRESS=1`.
+In distributed training only rank 0 shows anything: the other processes' rows are not printed.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from rnnkit.distributed import is_rank0
 from rnnkit.training.callback import Callback
 from rnnkit.training.recorder import Recorder
 from rnnkit.utils import noop
@@ -91,14 +93,16 @@ class ProgressCallback(Callback):
 
     def before_fit(self) -> None:
         self._old_logger = self.learn.logger
-        if self.show_table and self.learn.logger is not noop:
+        if not is_rank0():  # one writer: the other processes' rows are rank 0's numbers again
+            self.learn.logger = noop
+        elif self.show_table and self.learn.logger is not noop:
             rec = self.learn.get_cb(Recorder)
             names = rec.metric_names if rec is not None else []
             self.table = _HTMLTable(names) if self._nb else _TextTable(names, sys.stdout)
             self.learn.logger = self.table.write
 
     def _start_bar(self, desc: str) -> None:
-        if not self.show_bar:
+        if not self.show_bar or not is_rank0():
             return
         if self._nb:
             from tqdm.auto import tqdm

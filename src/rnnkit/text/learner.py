@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnkit.callbacks.rnn import rnn_cbs
+from rnnkit.distributed import all_reduce_sum, is_distributed, shard_loader
 from rnnkit.errors import UserError
 from rnnkit.losses import CrossEntropyLossFlat
 from rnnkit.metrics import Perplexity, accuracy
@@ -106,11 +107,17 @@ class LMLearner(TextLearner):
 
     @torch.no_grad()
     def evaluate_lm(self, ds_idx: int = 1, dl: Any = None, bs: int | None = None) -> dict[str, float]:
-        """Loss, perplexity and accuracy over a whole split in one stateful pass, weighted by tokens."""
+        """Loss, perplexity and accuracy over a whole split in one stateful pass, weighted by tokens.
+
+        In a distributed run every process must call it: each evaluates its block of rows
+        (`shard_loader`) and the sums are added up, so all return the whole split's numbers.
+        """
         if dl is None:
             dl = self.dls[ds_idx]
         if bs is not None:
             dl = dl.new(bs=bs)
+        if is_distributed() and getattr(dl, "world_size", 1) == 1:
+            dl = shard_loader(dl)
         model = self.model
         was_training = model.training
         model.eval()
@@ -134,6 +141,8 @@ class LMLearner(TextLearner):
             if callable(reset):
                 reset()
             model.train(was_training)
+        sums = all_reduce_sum(torch.stack([tot_loss, tot_correct, tot_loss.new_tensor(float(n))]))
+        tot_loss, tot_correct, n = sums[0], sums[1], int(sums[2].item())
         if n == 0:
             raise ValueError("evaluate_lm: the split has no batches")
         loss = float(tot_loss / n)

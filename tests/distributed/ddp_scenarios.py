@@ -126,6 +126,10 @@ def record(learn: Learner) -> dict[str, Any]:
             "values": learn.recorder.values, "norms": log.norms}
 
 
+def _boom() -> None:
+    raise RuntimeError("boom")
+
+
 def _mark(path: Path) -> bool:
     """Whether `path` was there already; creates it."""
     seen = path.exists()
@@ -136,7 +140,9 @@ def _mark(path: Path) -> bool:
 def _run(out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
-    from rnnkit.distributed import num_distrib, rank0_first, rank_distrib, setup_distrib, teardown_distrib
+    from rnnkit.distributed import (
+        DistributedTrainer, num_distrib, rank0_first, rank_distrib, setup_distrib, teardown_distrib,
+    )
 
     torch.set_num_threads(1)
     assert setup_distrib(timeout_s=60) and num_distrib() == 2
@@ -154,6 +160,13 @@ def _run(out: Path) -> None:
         a is b for a, b in zip(loaders, learn.dls.loaders))
     if rank == 0:
         torch.save(learn.model.state_dict(), out / "book.pt")
+    try:
+        with learn.distrib_ctx():
+            learn.fit(1, cbs=Callback(after_batch=_boom))
+    except RuntimeError as e:
+        res["book_error"] = str(e).endswith("boom")
+    res["book_plain_after_error"] = not isinstance(learn.model, DistributedDataParallel) and all(
+        a is b for a, b in zip(loaders, learn.dls.loaders)) and learn.get_cb(DistributedTrainer) is None
 
     torch.manual_seed(100 + rank)  # each process draws another loader seed: DistributedTrainer must agree on one
     learn = awd_learner(seed=None)

@@ -130,9 +130,10 @@ def test_during_fit_the_wrapper_forwards_attributes_indexing_and_state_to_the_mo
         assert rec["awd_wrapper"] == {"plain_keys": True, "index": True}
 
 
-def test_after_fit_the_model_and_loaders_are_plain_again(ddp):
+def test_after_fit_or_an_exception_the_model_and_loaders_are_plain_again(ddp):
     for rec in ddp["recs"]:
         assert rec["book_plain_after_fit"] and rec["awd_plain_after_fit"]
+        assert rec["book_error"] and rec["book_plain_after_error"]  # distrib_ctx restores after an exception
     assert not isinstance(sc.book_learner().model, DistributedDataParallel)
 
 

@@ -93,9 +93,9 @@ class DistributedTrainer(Callback):
             return
         learn = self.learn
         loaders = learn.dls.loaders
+        shards = [shard_loader(dl) for dl in loaders[:2]]  # the training and validation loaders; may raise
         self._loaders = list(loaders)
-        for i in range(min(2, len(loaders))):  # the training and validation loaders
-            loaders[i] = shard_loader(loaders[i])
+        loaders[:2] = shards
         move_to_loaders_device(learn)  # DDP wraps a model that is on its device already
         model = learn.model
         p = next(model.parameters(), None)

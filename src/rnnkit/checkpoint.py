@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from rnnkit.training.learner import Learner
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_plain",
-           "capture_rng", "restore_rng", "model_state_for_save", "load_weights", "load_model_state",
+           "capture_rng", "restore_rng", "rng_of_rank", "model_state_for_save", "load_weights", "load_model_state",
            "restore_checkpoint", "save_model", "load_model"]
 
 _FILES = ("model.safetensors", "optimizer.pt", "trainer.pt")
@@ -79,6 +79,15 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((p[0], tuple(p[1]), p[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_of_rank(saved: dict[str, Any] | list[dict[str, Any]], rank: int) -> dict[str, Any]:
+    """The RNG state process `rank` restores from a checkpoint's `rng`: the one state of a one-process
+    checkpoint; in a checkpoint of several processes (a list by rank) its own, or rank 0's for a rank the
+    checkpoint had no process for (a resume on more processes)."""
+    if isinstance(saved, dict):
+        return saved
+    return saved[rank] if rank < len(saved) else saved[0]
 
 
 def model_state_for_save(model: nn.Module) -> dict[str, torch.Tensor]:

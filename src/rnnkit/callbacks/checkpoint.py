@@ -17,6 +17,14 @@ the protocol (the book's `LMModel7` copied into a notebook) keep resuming exactl
 Callback state: a callback whose class defines `state_dict()` and `load_state_dict()` is saved under
 `cb:<state_key>` (`Callback.state_key`, its `name` unless it declares another). Older checkpoints keyed by
 class name (`cb:NTASGD`) still load.
+
+Several processes (`Learner.distrib_ctx`): every process takes part in each save, and rank 0 alone writes.
+What differs between the processes is saved for each, as a list indexed by rank: the RNG streams and the
+hidden state of the rows each one trains on; the rest (position, loader, weights, optimizer, smoothed loss,
+callback state) is the same everywhere and saved once, with `world_size`. A resume on as many processes
+gives each its own; on another number (`rng_of_rank`) the rows are split anew, so each process takes
+rank 0's streams (its own if it had some) and the interrupted epoch goes on from a reset hidden state.
+A one-process checkpoint keeps the format it always had (one RNG state, one hidden state).
 """
 from __future__ import annotations
 
@@ -28,13 +36,14 @@ import torch
 from torch import nn
 
 from rnnkit.callbacks.schedule import SkipToEpoch
-from rnnkit.checkpoint import CheckpointError, capture_rng, restore_rng, save_checkpoint
+from rnnkit.checkpoint import CheckpointError, capture_rng, restore_rng, rng_of_rank, save_checkpoint
+from rnnkit.distributed import all_reduce_sum, is_distributed, is_rank0, num_distrib, rank_distrib
 from rnnkit.training.callback import Callback
 from rnnkit.training.events import CancelFitException
 from rnnkit.training.recorder import Recorder
 
 __all__ = ["Checkpointer", "DEFAULT_HIDDEN_ATTRS", "hidden_state_attrs", "model_hidden_state",
-           "load_model_hidden_state", "stateful_callbacks"]
+           "load_model_hidden_state", "stateful_callbacks", "plain_model"]
 
 # Looked for in modules that declare no `hidden_attrs`: AWD-LSTM's and the book's names before the protocol.
 DEFAULT_HIDDEN_ATTRS: tuple[str, ...] = ("hidden", "h")
@@ -71,6 +80,23 @@ def _like(saved: Any, current: Any, device: torch.device) -> Any:
     kind = type(current) if isinstance(current, (list, tuple)) else type(saved)
     cur = current if isinstance(current, (list, tuple)) else saved
     return kind(_like(s, c, device) for s, c in zip(saved, cur))
+
+
+def plain_model(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (which `distrib_ctx` puts on during a fit), else
+    `model`: checkpoints name submodules as the plain model does."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _per_rank(value: Any) -> Any:
+    """`value` of every process as a list indexed by rank, on rank 0 (None elsewhere); `value` in one process."""
+    if not is_distributed():
+        return value
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * num_distrib() if is_rank0() else None
+    dist.gather_object(value, out, dst=0)
+    return out
 
 
 def model_hidden_state(model: nn.Module) -> dict[str, Any]:
@@ -187,12 +213,18 @@ class Checkpointer(Callback):
         if rec is not None and r.get("smooth_loss") is not None:
             rec.smooth_loss.val = r["smooth_loss"]["val"].clone()
             rec.smooth_loss.count = r["smooth_loss"]["count"]
-        load_model_hidden_state(learn.model, r.get("hidden", {}))
+        saved_world, rank, world = r.get("world_size", 1), rank_distrib(), num_distrib()
+        hidden = r.get("hidden", {})
+        if saved_world != world:  # the rows are split anew: no process continues another's hidden state
+            hidden = {}
+        elif saved_world > 1:
+            hidden = hidden[rank]
+        load_model_hidden_state(plain_model(learn.model), hidden)
         for key, cb in stateful_callbacks(learn.cbs, exclude=self).items():
             saved = r.get(f"cb:{key}", r.get(f"cb:{type(cb).__name__}"))  # the second: before state_key
             if saved is not None:
                 cb.load_state_dict(saved)
-        restore_rng(r["rng"])
+        restore_rng(rng_of_rank(r["rng"], rank))
         self.resume = None
 
     # ---- save ----
@@ -200,47 +232,63 @@ class Checkpointer(Callback):
         """Everything but weights and optimizer needed to continue exactly from here.
 
         The model's hidden state matters only inside an epoch (ModelResetter clears it at the
-        start of each one), so it is kept only for mid-epoch checkpoints."""
+        start of each one), so it is kept only for mid-epoch checkpoints. With several processes every
+        one must call this (RNG and hidden states are gathered); the state is complete on rank 0 only."""
         learn = self.learn
         rec = learn.get_cb(Recorder)
         state: dict[str, Any] = {
             "epoch": next_epoch, "batch": batch_in_epoch, "train_iter": learn.train_iter,
             "pct_train": learn.pct_train, "n_epoch": learn.n_epoch, "loader": loader_state,
-            "rng": capture_rng(),
-            "hidden": model_hidden_state(learn.model) if batch_in_epoch else {},
+            "rng": _per_rank(capture_rng()),
+            "hidden": _per_rank(model_hidden_state(plain_model(learn.model)) if batch_in_epoch else {}),
             "smooth_loss": None if rec is None else {"val": rec.smooth_loss.val.detach().cpu().clone(),
                                                      "count": rec.smooth_loss.count},
             "extra": self.extra_state() if callable(self.extra_state) else self.extra_state,
         }
+        if num_distrib() > 1:
+            state["world_size"] = num_distrib()  # a one-process checkpoint keeps the format it always had
         for key, cb in stateful_callbacks(learn.cbs, exclude=self).items():
             state[f"cb:{key}"] = cb.state_dict()
         return state
 
     def save(self, next_epoch: int, batch_in_epoch: int, loader_state: Any) -> Path | None:
-        """Write a checkpoint now; never over a good one with weights that overflowed (stop instead)."""
-        if not all(bool(p.isfinite().all()) for p in self.learn.model.parameters()):
+        """Write a checkpoint now; never over a good one with weights that overflowed (stop instead).
+        With several processes all of them call it, and rank 0 writes (the others return None)."""
+        model = plain_model(self.learn.model)
+        if not all(bool(p.isfinite().all()) for p in model.parameters()):  # the same weights on every process
             self.learn.nan_stopped = True
             raise CancelFitException()
-        self.last_path = save_checkpoint(self.ckpt_dir, self.learn.model, self.learn.opt.state_dict(),
-                                         self.trainer_state(next_epoch, batch_in_epoch, loader_state))
+        state = self.trainer_state(next_epoch, batch_in_epoch, loader_state)
+        if not is_rank0():
+            return None
+        self.last_path = save_checkpoint(self.ckpt_dir, model, self.learn.opt.state_dict(), state)
         return self.last_path
+
+    def _interrupted_anywhere(self) -> bool:
+        """Whether any process got SIGINT/SIGTERM: all must save at the same batch (the save gathers)."""
+        if not is_distributed():
+            return self.interrupted
+        flag = all_reduce_sum(torch.tensor([float(self.interrupted)]))
+        self.interrupted = bool(flag.item() > 0)
+        return self.interrupted
 
     def after_batch(self) -> None:
         learn = self.learn
         if not learn.training:
             return
         due = self.every_n_batches and learn.train_iter % self.every_n_batches == 0
-        if due or self.interrupted:
+        stop = self._interrupted_anywhere()  # decided once: a signal arriving now waits for the next batch
+        if stop or due:
             dl = learn.dls.train
             loader_state = dl.state_dict() if hasattr(dl, "state_dict") else None
             self.save(learn.epoch, learn.iter + 1, loader_state)
-        if self.interrupted:
+        if stop:
             raise CancelFitException()
 
     def after_epoch(self) -> None:
         trained, self._trained = self._trained, False
-        if self.interrupted or not trained:  # interrupted, or an epoch skipped before the resume point
-            return
+        if not trained or self._interrupted_anywhere():  # an epoch skipped before the resume point, or
+            return  # interrupted: the next batch saves
         dl = self.learn.dls.train
         # after a whole pass a stateful loader already points at the start of its next epoch
         self.save(self.learn.epoch + 1, 0, dl.state_dict() if hasattr(dl, "state_dict") else None)

@@ -1,10 +1,12 @@
-"""Training speed in tokens (target elements) per second, per epoch: what a run reports to compare devices."""
+"""Training speed in tokens (target elements) per second, per epoch: what a run reports to compare devices.
+With several processes it counts the tokens of all of them: the job's speed, the same on every process."""
 from __future__ import annotations
 
 import time
 
 import torch
 
+from rnnkit.distributed import all_reduce_sum, is_distributed
 from rnnkit.training.callback import Callback
 
 __all__ = ["Throughput"]
@@ -36,6 +38,8 @@ class Throughput(Callback):
         p = next(self.learn.model.parameters(), None)
         if p is not None and p.device.type == "cuda":
             torch.cuda.synchronize(p.device)
+        if is_distributed():  # each process counted its own rows; one sum per epoch
+            self._tokens = int(all_reduce_sum(torch.tensor([self._tokens], dtype=torch.float64)).item())
         self.epoch_tokens.append(self._tokens)
         self.epoch_seconds.append(time.perf_counter() - self._start)
 

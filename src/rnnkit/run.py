@@ -11,6 +11,11 @@ A run folder holds::
     checkpoints/        LATEST + ckpt-N/ (weights, optimizer, RNG, loader and schedule position)
     metrics.csv         one row per epoch
     loss.png, lr_schedule.png, lr_find.png
+
+With several processes (`rnnkit train --nproc N`, torchrun) one writer keeps the folder whole: rank 0
+alone creates it and writes every file above, and the others set themselves up only after it has
+(`rank0_first`), so they find the vocabulary of a resumed run. Every process trains, takes part in each
+checkpoint (`Checkpointer`) and in the final evaluation. The folder must be one that every machine sees.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import json
 import logging
 import math
 import shutil
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,14 +49,16 @@ from rnnkit.data.corpora import read_corpus
 from rnnkit.data.text import TextDataLoaders
 from rnnkit.data.tokenize import Tokenizer
 from rnnkit.data.vocab import Vocab
+from rnnkit.distributed import is_rank0, num_distrib, rank0_first
+from rnnkit.launch import check_nproc
 from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS, AWDLSTMConfig
 from rnnkit.optim.recipes import SGD, Adam
 from rnnkit.errors import UserError
 from rnnkit.text.learner import LMLearner, language_model_learner
 from rnnkit.utils import atomic_write, resolve_device
 
-__all__ = ["RunError", "RUN_MARKER", "prepare_run_folder", "build_learner", "train", "load_run", "run_state",
-           "model_config"]
+__all__ = ["RunError", "RUN_MARKER", "check_run_folder", "prepare_run_folder", "build_learner", "train", "load_run",
+           "run_state", "model_config"]
 
 log = logging.getLogger(__name__)
 RUN_MARKER = "rnnkit-run.json"
@@ -87,8 +95,9 @@ def run_state(path: Path) -> str | None:
         return None
 
 
-def prepare_run_folder(out: Path, overwrite: bool) -> None:
-    """Create `out` for a new run; refuse a folder that holds another run or other files unless asked."""
+def check_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse `out` for a new run if it is a file, or holds another run or other files and `overwrite` does
+    not apply; change nothing (`prepare_run_folder` does the rest)."""
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file, not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()):
@@ -98,6 +107,12 @@ def prepare_run_folder(out: Path, overwrite: bool) -> None:
                            "continue it, or choose another --out")
         if not is_run(out):
             raise RunError(f"{out} is not a run folder; --overwrite only replaces runs. Choose another --out")
+
+
+def prepare_run_folder(out: Path, overwrite: bool) -> None:
+    """Create `out` for a new run; refuse a folder that holds another run or other files unless asked."""
+    check_run_folder(out, overwrite)
+    if out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -159,17 +174,23 @@ def _set_config_lr(run: Path, lr: float) -> None:
 
 
 def _find_lr(learn: LMLearner, run: Path, log_fn: Any) -> float:
-    """The LR finder's 'valley' suggestion; its plot goes to the run folder."""
+    """The LR finder's 'valley' suggestion; rank 0 writes its plot to the run folder and config.json.
+
+    With several processes every one runs the finder (its trial fit is distributed, so all find the
+    same losses and the same lr)."""
     import matplotlib.pyplot as plt
 
     with learn.no_bar():
-        res = learn.lr_find(show_plot=True)
-    plt.gcf().savefig(run / "lr_find.png")
-    plt.close("all")
+        res = learn.lr_find(show_plot=is_rank0())
+    if is_rank0():
+        plt.gcf().savefig(run / "lr_find.png")
+        plt.close("all")
     if not math.isfinite(res.valley):
         raise RunError("the LR finder could not suggest a learning rate; give --lr instead")
     lr = float(res.valley)
-    log_fn(f"lr_find: using lr {lr:.2e} (valley); plot in {run / 'lr_find.png'}")
+    if is_rank0():
+        _set_config_lr(run, lr)  # before training: a resume reads the lr from config.json
+        log_fn(f"lr_find: using lr {lr:.2e} (valley); plot in {run / 'lr_find.png'}")
     return lr
 
 
@@ -184,7 +205,8 @@ def _lr_of_older_checkpoint(run: Path, cfg: TrainConfig, trainer_state: dict[str
     old = extra.get("lr") if isinstance(extra, dict) else None
     if old is not None and float(old) != cfg.lr:
         cfg.lr = float(old)
-        _set_config_lr(run, cfg.lr)
+        if is_rank0():
+            _set_config_lr(run, cfg.lr)
 
 
 def _save_plots(learn: LMLearner, run: Path) -> None:
@@ -201,45 +223,74 @@ def _save_plots(learn: LMLearner, run: Path) -> None:
         plt.close(fig)
 
 
-def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[str, Any]:
-    """Train as `cfg` says into the run folder `cfg.out`; with `resume`, continue from its last checkpoint.
-
-    Returns a summary: state ('done', 'interrupted' or 'nan'), final metrics, paths.
-    """
+def _set_up(cfg: TrainConfig, resume: bool) -> tuple[LMLearner, dict[str, Any] | None]:
+    """The learner and (on resume) the restored checkpoint's trainer state; a new run's files written."""
     run = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if num_distrib() > 1:
+        check_nproc(num_distrib(), cfg.bs, cfg.device)
+        if not is_rank0() and not is_run(run):
+            raise RunError(f"cannot see the run folder {run} that rank 0 prepared: with several machines, --out "
+                           "must be a folder they all see (a shared filesystem)")
     ck = latest_checkpoint(run / "checkpoints") if resume else None  # before the corpus is read: fail fast
     torch.manual_seed(cfg.seed)
     dls = build_dls(cfg, Vocab.load(run / "vocab.json") if resume else None)
-    if not resume:
+    if not resume and is_rank0():
         atomic_write(run / "config.json", cfg.to_json())
         dls.vocab.save(run / "vocab.json")
         _write_marker(run, "running")
     learn = build_learner(cfg, dls)
     learn.model.to(dls.device)  # before any optimizer state is loaded, so that state lands there too
-    trainer_state: dict[str, Any] | None = None
-    if ck is not None:
-        trainer_state = restore_checkpoint(learn, ck)
+    return learn, (restore_checkpoint(learn, ck) if ck is not None else None)
+
+
+def _world_change(saved: int, world: int, bs: int, mid_epoch: bool) -> str:
+    """What a resume on another number of processes changes, in one line ('' when nothing does)."""
+    if saved == world:
+        return ""
+    hidden = " and the rest of the interrupted epoch starts from a reset hidden state" if mid_epoch else ""
+    return (f"note: resuming a checkpoint of {saved} process(es) on {world}: the data order, weights and "
+            f"optimizer state are the same, but each process now trains on {bs // world} rows of every batch "
+            f"instead of {bs // saved}, so the random draws (dropout masks) differ from the {saved}-process "
+            f"run's{hidden}; the losses will not match an uninterrupted {saved}-process run exactly")
+
+
+def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[str, Any]:
+    """Train as `cfg` says into the run folder `cfg.out`; with `resume`, continue from its last checkpoint.
+
+    In a process group of several processes every process calls it; rank 0 writes the run folder and
+    logs through `log_fn`. Returns a summary: state ('done', 'interrupted' or 'nan'), final metrics, paths.
+    """
+    run = Path(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    learn, trainer_state = rank0_first(_set_up, cfg, resume)  # rank 0 reads and writes first
+    world = num_distrib()
+    if trainer_state is not None:
         _lr_of_older_checkpoint(run, cfg, trainer_state)
-        _keep_rows_before(run / "metrics.csv", trainer_state["epoch"])
-    elif cfg.lr_find:
-        cfg.lr = _find_lr(learn, run, log_fn)
-        _set_config_lr(run, cfg.lr)  # before training: a resume reads the lr from config.json
-    learn.lr = cfg.lr
+        change = _world_change(trainer_state.get("world_size", 1), world, cfg.bs, trainer_state["batch"] > 0)
+        if is_rank0():
+            _keep_rows_before(run / "metrics.csv", trainer_state["epoch"])
+            if change:
+                log_fn(change)
     ckpt = Checkpointer(run / "checkpoints", every_n_batches=cfg.checkpoint_every, resume=trainer_state)
-    learn.add_cbs([CSVLogger("metrics.csv", append=resume), ckpt])  # relative to learn.path, the run
-    _fit(learn, cfg, 0 if trainer_state is None else trainer_state["epoch"])
+    with learn.distrib_ctx() if world > 1 else nullcontext():  # DDP and each process's rows, during fits
+        if trainer_state is None and cfg.lr_find:
+            cfg.lr = _find_lr(learn, run, log_fn)
+        learn.lr = cfg.lr
+        learn.add_cbs([CSVLogger("metrics.csv", append=resume), ckpt])  # relative to learn.path, the run
+        _fit(learn, cfg, 0 if trainer_state is None else trainer_state["epoch"])
     state = "interrupted" if ckpt.interrupted else "nan" if learn.nan_stopped else "done"
     summary: dict[str, Any] = {"state": state, "run": run, "checkpoint": ckpt.last_path, "lr": cfg.lr}
     speed = learn.get_cb(Throughput)
     if speed is not None and speed.epoch_seconds:
         summary["tokens_per_s"], summary["epoch_seconds"] = speed.tokens_per_s[-1], speed.epoch_seconds[-1]
     if state == "done":
-        atomic_save_weights(learn, run / "model.safetensors")
-        _save_plots(learn, run)
-        summary["metrics"] = learn.evaluate_lm()
-    _write_marker(run, state)
+        if is_rank0():
+            atomic_save_weights(learn, run / "model.safetensors")
+            _save_plots(learn, run)
+        summary["metrics"] = learn.evaluate_lm()  # with several processes, all take part
+    if is_rank0():
+        _write_marker(run, state)
     summary["learn"] = learn
     return summary
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from rnnkit.errors import UserError
+from rnnkit.launch import DEFAULT_TIMEOUT_S
 
 __all__ = ["main", "build_parser"]
 
@@ -71,6 +72,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML or YAML file of the same options (command line wins)")
 
 
+def _add_process_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("processes (README: Training on several processes or machines)")
+    g.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine, each on bs/N "
+                                                          "rows of every batch (default 1; under torchrun, leave out)")
+    g.add_argument("--backend", default="auto", choices=("auto", "gloo", "nccl"),
+                   help="torch.distributed backend (default auto: nccl on CUDA GPUs, else gloo)")
+    g.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"how long a process waits for the others before the job fails (default {DEFAULT_TIMEOUT_S:g})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `rnnkit` command."""
     p = _Parser(prog="rnnkit", description="Train, evaluate and sample recurrent language models.")
@@ -82,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", type=Path, metavar="RUN", help="continue RUN from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--no-sample", action="store_true", help="do not print a generated sample at the end")
+    _add_process_options(t)
     e = sub.add_parser("evaluate", help="loss, perplexity and accuracy of a run on a split")
     e.add_argument("run", type=Path, metavar="RUN")
     e.add_argument("--split", default="valid", choices=["valid", "test", "train"])
@@ -101,13 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options that are not training settings: they say how to run, and config.json does not keep them.
+_RUN_OPTIONS = ("command", "config", "resume", "overwrite", "no_sample", "nproc", "backend", "dist_timeout",
+                "argv")
+
+
 def _config(args: argparse.Namespace) -> Any:
     from rnnkit.config import config_from_mapping, load_config_file
 
     cfg = config_from_mapping(load_config_file(args.config), source=str(args.config)) if args.config \
         else config_from_mapping({})
-    given = {k: v for k, v in vars(args).items()
-             if k not in ("command", "config", "resume", "overwrite", "no_sample")}
+    given = {k: v for k, v in vars(args).items() if k not in _RUN_OPTIONS}
     return config_from_mapping(given, base=cfg, source="command line").validate()
 
 
@@ -118,50 +134,110 @@ def _sample_prompt(learn: Any, cfg: Any) -> str:
     return learn.dls.decode(x[0][:8])
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace, say: bool = True) -> Any:
+    """The config `rnnkit train` runs: the options' for a new run, the saved one for --resume; None when
+    the run to resume has already finished (said when `say`)."""
+    if args.resume is None:
+        return _config(args)
+    import json
+
     from rnnkit.config import config_from_mapping
-    from rnnkit.run import RunError, prepare_run_folder, train
+    from rnnkit.run import RunError, is_run, run_state
 
-    if args.resume is not None:
-        import json
-
-        from rnnkit.run import is_run, run_state
-
-        run = args.resume
-        extra = [k for k in vars(args) if k not in ("command", "config", "resume", "overwrite", "no_sample",
-                                                     "threads", "device")]
-        if extra or args.config or args.overwrite:
-            drop = extra[0].replace("_", "-") if extra else "config" if args.config else "overwrite"
-            raise RunError(f"--resume continues {run} with its saved config; drop --{drop}")
-        if not is_run(run):
-            raise RunError(f"{run} is not a run folder (no rnnkit-run.json); nothing to resume")
-        if run_state(run) == "done":
+    run = args.resume
+    extra = [k for k in vars(args) if k not in (*_RUN_OPTIONS, "threads", "device")]
+    if extra or args.config or args.overwrite:
+        drop = extra[0].replace("_", "-") if extra else "config" if args.config else "overwrite"
+        raise RunError(f"--resume continues {run} with its saved config; drop --{drop}")
+    if not is_run(run):
+        raise RunError(f"{run} is not a run folder (no rnnkit-run.json); nothing to resume")
+    if run_state(run) == "done":
+        if say:
             print(f"{run} already finished all its epochs: nothing to resume, and nothing was changed. "
                   "To train longer, start a new run with --out.")
-            return 0
-        try:
-            saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8 or not JSON
-            raise RunError(f"{run / 'config.json'} is missing or unreadable ({e}); the run cannot be resumed, "
-                           "start a new one with --out") from None
-        cfg = config_from_mapping(saved, source=str(run / "config.json")).validate()
-        cfg.out = str(run)
-        if getattr(args, "threads", None):
-            cfg.threads = args.threads
-        if getattr(args, "device", None):  # a run may continue on another machine
-            cfg.device = cfg.validate_device(args.device)
-    else:
-        cfg = _config(args)
-        _print_device(cfg)  # checks the device exists before a run folder is made
+        return None
+    try:
+        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # missing, unreadable, not UTF-8 or not JSON
+        raise RunError(f"{run / 'config.json'} is missing or unreadable ({e}); the run cannot be resumed, "
+                       "start a new one with --out") from None
+    cfg = config_from_mapping(saved, source=str(run / "config.json")).validate()
+    cfg.out = str(run)
+    if getattr(args, "threads", None):
+        cfg.threads = args.threads
+    if getattr(args, "device", None):  # a run may continue on another machine
+        cfg.device = cfg.validate_device(args.device)
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rnnkit import launch
+
+    if launch.in_worker():  # one of the processes torchrun or `--nproc` started
+        return _train_worker(args)
+    nproc = 1 if args.nproc is None else args.nproc
+    cfg = _train_config(args)
+    if cfg is None:
+        return 0
+    launch.check_nproc(nproc, cfg.bs, cfg.device, args.dist_timeout)
+    if nproc != 1:  # everything the processes would refuse is refused here, before any starts
+        from rnnkit.run import check_run_folder
+        from rnnkit.utils import resolve_device
+
+        launch.resolve_backend(args.backend, resolve_device(cfg.device))
+        if args.resume is None:
+            check_run_folder(Path(cfg.out), args.overwrite)
+        return launch.launch_local(args.argv, nproc, Path(cfg.out))
+    _print_device(cfg)  # checks the device exists before a run folder is made
+    if args.resume is None:
+        from rnnkit.run import prepare_run_folder
+
         prepare_run_folder(Path(cfg.out), args.overwrite)
-    if args.resume is not None:
-        _print_device(cfg)
+    return _run_training(args, cfg)
+
+
+def _train_worker(args: argparse.Namespace) -> int:
+    """`rnnkit train` as one of several processes: join the group, train (rank 0 writes and prints), leave."""
+    from rnnkit import launch
+    from rnnkit.distributed import is_rank0, num_distrib
+    from rnnkit.utils import resolve_device
+
+    if args.nproc is not None and args.nproc != launch.local_world_size():
+        raise UserError(f"--nproc {args.nproc} in a process torchrun started with --nproc-per-node "
+                        f"{launch.local_world_size()}: leave --nproc out under torchrun")
+    cfg = _train_config(args, say=is_rank0())
+    if cfg is None:
+        return 0
+    backend = launch.resolve_backend(args.backend, resolve_device(cfg.device))
+
+    def body() -> int:
+        if is_rank0():
+            _print_device(cfg)
+            n, bs = num_distrib(), cfg.bs
+            print(f"processes: {n} (backend {backend}), each training on {bs // n} of the {bs} rows of every batch")
+            if args.resume is None:
+                from rnnkit.run import prepare_run_folder
+
+                prepare_run_folder(Path(cfg.out), args.overwrite)  # the others wait inside run.train
+        return _run_training(args, cfg)
+
+    return launch.run_worker(body, backend, args.dist_timeout, cfg.threads)
+
+
+def _run_training(args: argparse.Namespace, cfg: Any) -> int:
+    """Train `cfg` into its run folder and report; only rank 0 prints when several processes train."""
+    from rnnkit.distributed import is_rank0, num_distrib
+    from rnnkit.run import train
+
     start = time.time()
     res = train(cfg, resume=args.resume is not None)
+    if not is_rank0():
+        return {"interrupted": EXIT_INTERRUPTED, "nan": EXIT_USAGE}.get(res["state"], 0)
     run = res["run"]
+    nproc = f" --nproc {num_distrib()}" if num_distrib() > 1 else ""
     if res["state"] == "interrupted":
         print(f"Interrupted: saved a checkpoint in {res['checkpoint']}. Continue with: "
-              f"rnnkit train --resume {run}")
+              f"rnnkit train --resume {run}{nproc}")
         return EXIT_INTERRUPTED
     if res["state"] == "nan":
         kept = f"the last good checkpoint is kept in {run / 'checkpoints'}" if (run / "checkpoints").exists() \
@@ -268,7 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rnnkit` console script: 0 when done, 2 for a user mistake (one line on stderr),
     130 when interrupted; any other exception propagates with its traceback (exit status 1)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # `train --nproc N` starts N processes with the same command line
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -290,4 +368,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from rnnkit.launch import run_and_exit
+
+    run_and_exit(main)

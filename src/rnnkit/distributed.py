@@ -17,6 +17,7 @@ return their input. This module sits at the bottom of the package (metrics and t
 """
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
@@ -120,6 +121,9 @@ def teardown_distrib() -> None:
     """Destroy the default process group if `setup_distrib` created it (a group the caller made is left)."""
     global _owns_group
     if _owns_group and dist.is_available() and dist.is_initialized():
+        # A DDP wrapper left in a reference cycle keeps gloo's threads alive past the group; collected here,
+        # it cannot abort the interpreter at exit (seen ~1 in 3 runs with mid-epoch checkpoints).
+        gc.collect()
         dist.destroy_process_group()
     _owns_group = False
 

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from rnnkit.data.core import DeviceMixin
+from rnnkit.data.load import ShardMixin
 from rnnkit.data.stream import TokenStream
 from rnnkit.errors import UserError
 
@@ -87,7 +88,7 @@ class _Pass:
         self.epoch, self.start, self.batch = epoch, start, start
 
 
-class LMDataLoader(DeviceMixin):
+class LMDataLoader(DeviceMixin, ShardMixin):
     """Yield `(x, y)` batches of `bs` continuing rows of a token stream, `seq_len` (or a random length) wide.
 
     Args:
@@ -164,16 +165,6 @@ class LMDataLoader(DeviceMixin):
     def bptt(self) -> int:
         """The base window length (`seq_len`), for rescaling the lr by `seq_len_of_batch / bptt`."""
         return self.seq_len
-
-    @property
-    def rank(self) -> int:
-        """Which block of rows this loader yields (0 unless it is a `shard`)."""
-        return self._shard[0]
-
-    @property
-    def world_size(self) -> int:
-        """Into how many blocks each batch's `bs` rows are split (1 unless it is a `shard`)."""
-        return self._shard[1]
 
     @property
     def local_bs(self) -> int:

@@ -27,7 +27,7 @@ from rnnkit.devices import to_device
 from rnnkit.errors import UserError
 from rnnkit.utils import L
 
-__all__ = ["DataLoader", "DeviceMixin"]
+__all__ = ["DataLoader", "DeviceMixin", "ShardMixin"]
 
 # Python number types we stack ourselves, with the dtype `default_collate` gives them.
 _NUMBER_DTYPES: dict[type, torch.dtype] = {bool: torch.bool, int: torch.int64, float: torch.float64}
@@ -104,7 +104,23 @@ class DeviceMixin:
         return self
 
 
-class DataLoader(DeviceMixin):
+class ShardMixin:
+    """`rank` and `world_size` of a loader that may be one process's shard of each batch (see `shard`)."""
+
+    _shard: tuple[int, int] = (0, 1)  # (rank, world_size)
+
+    @property
+    def rank(self) -> int:
+        """Which block of each batch this loader yields (0 unless it is a `shard`)."""
+        return self._shard[0]
+
+    @property
+    def world_size(self) -> int:
+        """Into how many blocks each batch is split (1 unless it is a `shard`)."""
+        return self._shard[1]
+
+
+class DataLoader(DeviceMixin, ShardMixin):
     """Iterate over a dataset in batches of `bs` items, optionally shuffled each epoch and moved to `device`.
 
     Args:
@@ -185,16 +201,6 @@ class DataLoader(DeviceMixin):
         return -(-n // bs)
 
     # ---- distributed shards ----
-    @property
-    def rank(self) -> int:
-        """Which block of each batch this loader yields (0 unless it is a `shard`)."""
-        return self._shard[0]
-
-    @property
-    def world_size(self) -> int:
-        """Into how many blocks each batch is split (1 unless it is a `shard`)."""
-        return self._shard[1]
-
     def shard(self, rank: int, world_size: int, seed: int | None = None) -> DataLoader:
         """The loader for process `rank` of `world_size`: its contiguous block of `bs / world_size` items of
         every batch. Every process must pass the same `seed` (default: this loader's, else one drawn from

@@ -105,6 +105,8 @@ class LMDataLoader(DeviceMixin, ShardMixin):
     `shard(rank, world_size)` gives the loader one process of a distributed run uses.
     """
 
+    _shard_unit = "rows"  # a shard takes bs/N rows of the global layout
+
     def __init__(
         self,
         dataset: Any,
@@ -182,14 +184,6 @@ class LMDataLoader(DeviceMixin, ShardMixin):
         res._set_shard(rank, world_size)
         res.load_state_dict({"epoch": self.epoch, "batch": self.state_dict()["batch"]})
         return res
-
-    def _set_shard(self, rank: int, world_size: int) -> None:
-        if self.bs % world_size:
-            up = -(-self.bs // world_size) * world_size
-            raise UserError(f"bs={self.bs} is not divisible by the {world_size} processes: each process takes "
-                            f"bs/{world_size} rows of the same batches. Use a multiple of {world_size}, "
-                            f"e.g. bs={up}.")
-        self._shard = (rank, world_size)
 
     def new(self, dataset: Any = None, **kwargs: Any) -> LMDataLoader:
         """A copy of this loader with some arguments changed, e.g. `dl.new(shuffle=False, random_bptt=False)`;

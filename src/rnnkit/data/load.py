@@ -108,6 +108,8 @@ class ShardMixin:
     """`rank` and `world_size` of a loader that may be one process's shard of each batch (see `shard`)."""
 
     _shard: tuple[int, int] = (0, 1)  # (rank, world_size)
+    _shard_unit = "items"  # what a process takes bs/N of, for messages
+    bs: int
 
     @property
     def rank(self) -> int:
@@ -118,6 +120,14 @@ class ShardMixin:
     def world_size(self) -> int:
         """Into how many blocks each batch is split (1 unless it is a `shard`)."""
         return self._shard[1]
+
+    def _set_shard(self, rank: int, world_size: int) -> None:
+        if self.bs % world_size:
+            up = -(-self.bs // world_size) * world_size
+            raise UserError(f"bs={self.bs} is not divisible by the {world_size} processes: each process takes "
+                            f"bs/{world_size} {self._shard_unit} of the same batches. Use a multiple of "
+                            f"{world_size}, e.g. bs={up}.")
+        self._shard = (rank, world_size)
 
 
 class DataLoader(DeviceMixin, ShardMixin):
@@ -221,14 +231,6 @@ class DataLoader(DeviceMixin, ShardMixin):
                           f"every process skips it. Use a bs that leaves 0 or at least {world_size} items "
                           f"over ({self.n} items).", stacklevel=2)
         return res
-
-    def _set_shard(self, rank: int, world_size: int) -> None:
-        if self.bs % world_size:
-            up = -(-self.bs // world_size) * world_size
-            raise UserError(f"bs={self.bs} is not divisible by the {world_size} processes: each process takes "
-                            f"bs/{world_size} items of the same batches. Use a multiple of {world_size}, "
-                            f"e.g. bs={up}.")
-        self._shard = (rank, world_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Make a shard's next iteration draw the order of `epoch` (iterations count epochs themselves)."""

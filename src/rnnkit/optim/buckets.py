@@ -243,11 +243,10 @@ class ParamGrouping:
 
 
 def _plan_key(opt: Any, fused: Any) -> tuple[Any, ...]:
-    # The device of each group's first parameter: `model.to(device)` keeps the parameter objects (and
-    # so their ids) but not the state's device; a model is moved whole, one check per group suffices.
-    devices = tuple([getattr(pl[0], "device", None) if pl else None for pl in opt.param_lists])
+    # `model.to(device)` keeps the parameter objects (and so their ids): the optimizer resets the grouping
+    # when it sees its parameters on another device.
     return (id(opt.state), opt.frozen_idx, opt.train_bn, id(fused), tuple(map(len, opt.param_lists)),
-            tuple(map(id, chain.from_iterable(opt.param_lists))), devices)
+            tuple(map(id, chain.from_iterable(opt.param_lists))))
 
 
 def _merge_equal_groups(work: list[tuple[_Bucket, Any]], hypers: Sequence[dict[str, Any]]

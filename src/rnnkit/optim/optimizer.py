@@ -232,6 +232,7 @@ class Optimizer(BaseOptimizer):
         devices = tuple([getattr(pl[0], "device", None) if pl else None for pl in self.param_lists])
         if devices != self._devices:  # first step, or the model moved since: its state follows
             state_to_param_devices(self)
+            self.grouping.reset()  # its buckets are per device
             self._devices = devices
         chain = self._chain_plan()
         batches = None if chain.path == "per_param" else self.grouping.batches(self, chain.fused)

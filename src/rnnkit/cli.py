@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from rnnkit.cli_eval import add_evaluate_parser, evaluate_command
 from rnnkit.errors import UserError
 from rnnkit.launch import DEFAULT_TIMEOUT_S
 
@@ -94,12 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--no-sample", action="store_true", help="do not print a generated sample at the end")
     _add_process_options(t)
-    e = sub.add_parser("evaluate", help="loss, perplexity and accuracy of a run on a split")
-    e.add_argument("run", type=Path, metavar="RUN")
-    e.add_argument("--split", default="valid", choices=["valid", "test", "train"])
-    e.add_argument("--data", help="folder of the corpus, if it moved since training")
-    e.add_argument("--bs", type=int, help="evaluation batch size (default: the run's)")
-    e.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the run's setting)")
+    add_evaluate_parser(sub)
     g = sub.add_parser("generate", help="continue a text with a trained run")
     g.add_argument("run", type=Path, metavar="RUN")
     g.add_argument("prompt")
@@ -258,30 +254,6 @@ def _run_training(args: argparse.Namespace, cfg: Any) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from rnnkit.run import RunError, load_run
-
-    if args.bs is not None and args.bs < 1:
-        raise UserError(f"--bs {args.bs}: the evaluation batch size must be at least 1")
-    cfg, learn = load_run(args.run, data=args.data, device=args.device)
-    if args.split == "test":
-        from rnnkit.data.lm_loader import LMDataLoader
-        from rnnkit.data.corpora import read_corpus
-
-        corpus = read_corpus(cfg.corpus, cfg.data)
-        if "test" not in corpus.splits:
-            raise RunError(f"corpus {cfg.corpus} has no test split; use --split valid")
-        dl = LMDataLoader(corpus["test"], bs=args.bs if args.bs is not None else cfg.bs, seq_len=cfg.bptt)
-    else:
-        dl = learn.dls.train.new(shuffle=False, random_bptt=False) if args.split == "train" else learn.dls.valid
-        if args.bs is not None:
-            dl = dl.new(bs=args.bs)
-    m = learn.evaluate_lm(dl=dl)
-    print(f"{args.split}: loss {m['loss']:.4f}  perplexity {m['perplexity']:.3f}  "
-          f"accuracy {m['accuracy']:.4f}  ({m['tokens']:,} tokens)")
-    return 0
-
-
 def _generate(args: argparse.Namespace) -> int:
     from rnnkit.run import load_run
 
@@ -355,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # TerminateOnNaNCallback warns; the command prints its own one-line message instead.
     warnings.filterwarnings("ignore", message="Loss is .* training stopped", category=RuntimeWarning)
-    handlers = {"train": _train, "evaluate": _evaluate, "generate": _generate, "lr-find": _lr_find}
+    handlers = {"train": _train, "evaluate": evaluate_command, "generate": _generate, "lr-find": _lr_find}
     try:
         return handlers[args.command](args)
     except UserError as e:  # raised where the input was checked; anything else is a bug and keeps its traceback

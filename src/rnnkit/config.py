@@ -45,6 +45,7 @@ class TrainConfig:
     bptt: int = 16  # base sequence length
     random_bptt: bool = False  # AWD-LSTM's variable sequence length (with lr rescaling)
     epochs: int = 15
+    time_budget: float | None = None  # minutes of training (validation not counted); the schedule fits it
     lr: float = 1e-2  # peak learning rate of the schedule
     lr_find: bool = False  # run the LR finder first and use its 'valley' suggestion
     schedule: str = "one_cycle"  # one_cycle, flat_cos or constant
@@ -107,6 +108,8 @@ class TrainConfig:
             raise ConfigError("config: wd, alpha and beta must be >= 0")
         if self.clip is not None and not self.clip > 0:
             raise bad("clip", "must be positive, or left out for no clipping")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise bad("time_budget", "must be a positive number of minutes, or left out")
         if self.checkpoint_every < 0:
             raise bad("checkpoint_every", "must be >= 0")
         if self.corpus not in ("human_numbers",) and not self.data:

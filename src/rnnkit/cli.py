@@ -46,7 +46,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bptt", type=int, default=S, help="sequence length (default 16)")
     g.add_argument("--random-bptt", action="store_true", default=S, help="AWD-LSTM's variable sequence length")
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default=S, help="small (CPU, default), fastai, or paper")
+    g.add_argument("--preset", default=S, help="model size: small (CPU, default), fastai, paper; or the AWD-LSTM "
+                                               "paper's whole recipe: paper-ptb, paper-wt2 (docs/paper-recipe.md)")
     for name in ("emb-sz", "n-hid", "n-layers"):
         g.add_argument(f"--{name}", type=int, default=S, help=f"override the preset's {name}")
     g.add_argument("--drop-mult", type=float, default=S, help="scale all dropouts")
@@ -54,6 +55,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{name}", type=float, default=S, help=f"override the preset's {name}")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=S, help="number of epochs (default 15)")
+    g.add_argument("--time-budget", type=float, default=S, metavar="MINUTES",
+                   help="train for MINUTES (validation not counted): the schedule is fitted to the steps that "
+                        "fit, and --epochs becomes an upper bound")
     g.add_argument("--lr", type=float, default=S, help="peak learning rate (default 1e-2)")
     g.add_argument("--lr-find", action="store_true", default=S, help="run the LR finder and use its suggestion")
     g.add_argument("--schedule", default=S, help="one_cycle (default), flat_cos or constant")
@@ -115,12 +119,10 @@ _RUN_OPTIONS = ("command", "config", "resume", "overwrite", "no_sample", "nproc"
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from rnnkit.config import config_from_mapping, load_config_file
+    from rnnkit.config import load_config_file, resolve_config
 
-    cfg = config_from_mapping(load_config_file(args.config), source=str(args.config)) if args.config \
-        else config_from_mapping({})
-    given = {k: v for k, v in vars(args).items() if k not in _RUN_OPTIONS}
-    return config_from_mapping(given, base=cfg, source="command line").validate()
+    given = {k: v for k, v in vars(args).items() if k not in _RUN_OPTIONS}  # defaults < preset < file < these
+    return resolve_config(load_config_file(args.config) if args.config else {}, given, file_source=str(args.config))
 
 
 def _sample_prompt(learn: Any, cfg: Any) -> str:
@@ -244,6 +246,11 @@ def _run_training(args: argparse.Namespace, cfg: Any) -> int:
     m = res["metrics"]
     print(f"valid: loss {m['loss']:.4f}  perplexity {m['perplexity']:.3f}  accuracy {m['accuracy']:.4f}  "
           f"({time.time() - start:.0f}s)")
+    if "budget" in res:
+        b = res["budget"]
+        print(f"budget: {b['train_s']:.0f}s of {b['budget_s']:.0f}s trained ({b['steps']:,} steps, {b['tokens']:,} "
+              f"tokens, {b['epochs']:.2f} epochs; stopped by {b['stopped_by']}); validation {b['valid_s']:.0f}s "
+              "not counted")
     if "tokens_per_s" in res:
         print(f"speed: {res['tokens_per_s']:,.0f} tokens/s in the last epoch's training "
               f"({res['epoch_seconds']:.1f}s)")

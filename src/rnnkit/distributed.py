@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "rank_distrib", "num_distrib", "is_rank0", "is_distributed", "rank0_first", "setup_distrib",
-    "teardown_distrib", "barrier", "all_reduce_sum", "broadcast_int", "all_gather_cat", "shard_loader",
+    "teardown_distrib", "barrier", "all_reduce_sum", "all_reduce_max", "broadcast_int", "all_gather_cat", "shard_loader",
     "agree_on_seeds",
     "DistributedTrainer",  # defined in rnnkit.callbacks.distributed
 ]
@@ -167,6 +167,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     moved = tensor.to(dev)
     dist.all_reduce(moved)
+    return tensor.copy_(moved)
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of `tensor` over every process, in place; a no-op in one process."""
+    if not is_distributed():
+        return tensor
+    moved = tensor.to(_comm_device())
+    dist.all_reduce(moved, op=dist.ReduceOp.MAX)
     return tensor.copy_(moved)
 
 

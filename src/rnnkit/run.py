@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from rnnkit.callbacks.budget import TimeBudget
+from rnnkit.callbacks.best import SaveBestWeights
 from rnnkit.callbacks.checkpoint import Checkpointer
 from rnnkit.callbacks.clip import GradientClip
 from rnnkit.callbacks.csv_logger import CSVLogger
@@ -53,6 +55,7 @@ from rnnkit.distributed import is_rank0, num_distrib, rank0_first
 from rnnkit.launch import check_nproc
 from rnnkit.models.awd_lstm import AWD_LSTM_CONFIGS, AWDLSTMConfig
 from rnnkit.optim.recipes import SGD, Adam
+from rnnkit.presets import model_of_preset
 from rnnkit.errors import UserError
 from rnnkit.text.learner import LMLearner, language_model_learner
 from rnnkit.utils import atomic_write, resolve_device
@@ -72,7 +75,7 @@ class RunError(UserError):
 
 def model_config(cfg: TrainConfig) -> AWDLSTMConfig:
     """The AWD-LSTM config of a training config: the preset with the overrides applied."""
-    base = AWD_LSTM_CONFIGS[cfg.preset]
+    base = AWD_LSTM_CONFIGS[model_of_preset(cfg.preset)]
     over = {k: getattr(cfg, k) for k in ("emb_sz", "n_hid", "n_layers", "output_p", "hidden_p",
                                          "input_p", "embed_p", "weight_p") if getattr(cfg, k) is not None}
     return dataclasses.replace(base, **over)
@@ -155,14 +158,19 @@ def build_learner(cfg: TrainConfig, dls: Any) -> LMLearner:
     return learn
 
 
-def _fit(learn: LMLearner, cfg: TrainConfig, start_epoch: int) -> None:
-    """Fit with `cfg`'s schedule at `learn.lr` (the config's), from `start_epoch` (the checkpoint's, on resume)."""
+def _fit(learn: LMLearner, cfg: TrainConfig, start_epoch: int) -> TimeBudget | None:
+    """Fit with `cfg`'s schedule at `learn.lr` (the config's), from `start_epoch` (the checkpoint's, on resume);
+    with a time budget, the schedule is fitted to it (`cfg.epochs` is then an upper bound): its callback,
+    which holds the report of the budget used, is returned."""
+    budget = None if cfg.time_budget is None else TimeBudget(cfg.time_budget * 60)
+    cbs = [] if budget is None else [budget]
     if cfg.schedule == "one_cycle":
-        learn.fit_one_cycle(cfg.epochs, wd=cfg.wd, start_epoch=start_epoch)
+        learn.fit_one_cycle(cfg.epochs, wd=cfg.wd, start_epoch=start_epoch, cbs=cbs)
     elif cfg.schedule == "flat_cos":
-        learn.fit_flat_cos(cfg.epochs, wd=cfg.wd, start_epoch=start_epoch)
+        learn.fit_flat_cos(cfg.epochs, wd=cfg.wd, start_epoch=start_epoch, cbs=cbs)
     else:
-        learn.fit(cfg.epochs, wd=cfg.wd, start_epoch=start_epoch)
+        learn.fit(cfg.epochs, wd=cfg.wd, start_epoch=start_epoch, cbs=cbs)
+    return budget
 
 
 def _set_config_lr(run: Path, lr: float) -> None:
@@ -277,13 +285,15 @@ def train(cfg: TrainConfig, resume: bool = False, log_fn: Any = print) -> dict[s
         if trainer_state is None and cfg.lr_find:
             cfg.lr = _find_lr(learn, run, log_fn)
         learn.lr = cfg.lr
-        learn.add_cbs([CSVLogger("metrics.csv", append=resume), ckpt])  # relative to learn.path, the run
-        _fit(learn, cfg, 0 if trainer_state is None else trainer_state["epoch"])
+        learn.add_cbs([CSVLogger("metrics.csv", append=resume), SaveBestWeights(), ckpt])  # in learn.path: the run
+        budget = _fit(learn, cfg, 0 if trainer_state is None else trainer_state["epoch"])
     state = "interrupted" if ckpt.interrupted else "nan" if learn.nan_stopped else "done"
     summary: dict[str, Any] = {"state": state, "run": run, "checkpoint": ckpt.last_path, "lr": cfg.lr}
     speed = learn.get_cb(Throughput)
     if speed is not None and speed.epoch_seconds:
         summary["tokens_per_s"], summary["epoch_seconds"] = speed.tokens_per_s[-1], speed.epoch_seconds[-1]
+    if budget is not None:
+        summary["budget"] = budget.report()
     if state == "done":
         if is_rank0():
             atomic_save_weights(learn, run / "model.safetensors")

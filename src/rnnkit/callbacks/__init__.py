@@ -1,4 +1,5 @@
 """Callbacks shipped with rnnkit."""
+from rnnkit.callbacks.budget import TimeBudget
 from rnnkit.callbacks.clip import GradientClip
 from rnnkit.callbacks.csv_logger import CSVLogger
 from rnnkit.callbacks.fp16 import MixedPrecision
@@ -20,7 +21,7 @@ from rnnkit.callbacks.tracker import (
 from rnnkit.callbacks.training import BnFreeze, GradientAccumulation, ShortEpochCallback, bn_types, set_bn_eval
 
 __all__ = [
-    "NTASGD", "Checkpointer", "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback",
+    "NTASGD", "TimeBudget", "Checkpointer", "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback",
     "FetchPredsCallback", "ProgressCallback", "Throughput",
     "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs",
     "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",

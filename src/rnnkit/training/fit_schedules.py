@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from rnnkit.callbacks.budget import TimeBudget
 from rnnkit.callbacks.schedule import LRFinder, ParamScheduler
 from rnnkit.schedules import flat_cos_scheds, one_cycle_scheds, sgdr_n_epoch, sgdr_scheds, valley
 from rnnkit.training.callback import Callback, as_cb_list
@@ -45,26 +46,31 @@ class ScheduleMethods:
     def fit_one_cycle(self, n_epoch: int, lr_max: Any = None, div: float = 25.0,
                       div_final: float = 1e5, pct_start: float = 0.25, wd: float | None = None,
                       moms: tuple[float, float, float] | None = None, cbs: Any = None,
-                      reset_opt: bool = False, start_epoch: int = 0) -> None:
-        """Train with the 1cycle policy (Smith, 2018): cosine lr warm-up then annealing, momentum the other way."""
+                      reset_opt: bool = False, start_epoch: int = 0, budget: float | None = None) -> None:
+        """Train with the 1cycle policy (Smith, 2018): cosine lr warm-up then annealing, momentum the other way.
+
+        With `budget` (seconds of training, validation not counted) the cycle is fitted to the steps that
+        fit in it and training stops on time (`TimeBudget`); `n_epoch` is then an upper bound."""
         if reset_opt:
             self.opt = None
         lrs = self._lr_max(lr_max)
         moms = self.moms if moms is None else moms
         scheds = one_cycle_scheds(_groups(lrs), div=div, div_final=div_final, pct_start=pct_start,
                                   moms=moms)
-        self.fit(n_epoch, cbs=[ParamScheduler(scheds)] + as_cb_list(cbs), wd=wd,
+        self.fit(n_epoch, cbs=[ParamScheduler(scheds)] + _budget(budget) + as_cb_list(cbs), wd=wd,
                  start_epoch=start_epoch)
 
     def fit_flat_cos(self, n_epoch: int, lr: Any = None, div_final: float = 1e5,
                      pct_start: float = 0.75, wd: float | None = None, cbs: Any = None,
-                     reset_opt: bool = False, start_epoch: int = 0) -> None:
-        """Train at a flat lr, then anneal it with a cosine for the last `1-pct_start` of the steps."""
+                     reset_opt: bool = False, start_epoch: int = 0, budget: float | None = None) -> None:
+        """Train at a flat lr, then anneal it with a cosine for the last `1-pct_start` of the steps (of the
+        steps that fit in `budget` seconds, when given: see `fit_one_cycle`)."""
         if reset_opt:
             self.opt = None
         lrs = self._lr_max(lr)
         sched = flat_cos_scheds(_groups(lrs), div_final=div_final, pct_start=pct_start)
-        self.fit(n_epoch, cbs=[ParamScheduler(sched)] + as_cb_list(cbs), wd=wd, start_epoch=start_epoch)
+        self.fit(n_epoch, cbs=[ParamScheduler(sched)] + _budget(budget) + as_cb_list(cbs), wd=wd,
+                 start_epoch=start_epoch)
 
     def fit_sgdr(self, n_cycles: int, cycle_len: int, lr_max: Any = None, cycle_mult: int = 2,
                  cbs: Any = None, reset_opt: bool = False, wd: float | None = None,
@@ -99,6 +105,13 @@ class ScheduleMethods:
             self.fit(n_epoch, cbs=cb)
         self.opt.load_state_dict(opt_state)
         return cb.suggest(self.get_cb(Recorder), suggest_funcs, show_plot=show_plot)
+
+
+def _budget(seconds: float | None) -> list[Callback]:
+    """A `TimeBudget` for `seconds`, or none."""
+    if seconds is None:
+        return []
+    return [TimeBudget(seconds)]
 
 
 def _groups(lrs: np.ndarray) -> Any:

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rnnkit.errors import UserError
+from rnnkit.presets import PRESETS, preset_values
 
-__all__ = ["TrainConfig", "ConfigError", "load_config_file", "config_from_mapping", "KNOWN_CORPORA",
-           "PRESETS"]
+__all__ = ["TrainConfig", "ConfigError", "load_config_file", "config_from_mapping", "resolve_config",
+           "KNOWN_CORPORA"]
 
 KNOWN_CORPORA = ("human_numbers", "ptb", "wikitext-2", "wikitext-103", "tinyshakespeare", "folder")
-PRESETS = ("small", "fastai", "paper")
 
 
 class ConfigError(UserError):
@@ -31,7 +31,7 @@ class TrainConfig:
 
     corpus: str = "human_numbers"  # one of KNOWN_CORPORA; 'folder' reads train/valid/test files
     data: str | None = None  # folder of the corpus (required for all but human_numbers)
-    preset: str = "small"  # model size and dropouts: small (CPU), fastai, paper
+    preset: str = "small"  # rnnkit.presets: a model size (small, fastai, paper) or a recipe (paper-ptb, paper-wt2)
     emb_sz: int | None = None  # override the preset's embedding size
     n_hid: int | None = None  # override the preset's hidden size
     n_layers: int | None = None  # override the preset's number of LSTM layers
@@ -157,6 +157,27 @@ def config_from_mapping(values: Mapping[str, Any], base: TrainConfig | None = No
             raise ConfigError(f"{source}: unknown key {key!r}{hint}")
         setattr(cfg, k, _check_type(k, value))
     return cfg
+
+
+def resolve_config(file_values: Mapping[str, Any] | None = None, cli_values: Mapping[str, Any] | None = None,
+                   file_source: str = "config file", cli_source: str = "command line") -> TrainConfig:
+    """The validated config of a new run: TrainConfig defaults < preset < config file < command line.
+
+    The preset is the one the command line names, else the file's, else the default; its values
+    (`rnnkit.presets`) may depend on the values given without it. Unknown keys and wrong types are named
+    with their source, as `config_from_mapping` does."""
+    layers = [(dict(file_values or {}), file_source), (dict(cli_values or {}), cli_source)]
+    given = TrainConfig()
+    for values, source in layers:  # checked before the preset is looked up: a typo is named where it is
+        given = config_from_mapping(values, base=given, source=source)
+    if given.preset not in PRESETS:
+        raise ConfigError(f"config: preset={given.preset!r} is not a preset; use one of {', '.join(PRESETS)}")
+    cfg = config_from_mapping(preset_values(given.preset, dataclasses.asdict(given)),
+                              source=f"preset {given.preset!r}")
+    cfg.preset = given.preset
+    for values, source in layers:
+        cfg = config_from_mapping(values, base=cfg, source=source)
+    return cfg.validate()
 
 
 def _one_line(e: Exception) -> str:

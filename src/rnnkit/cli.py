@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from rnnkit.cli_eval import add_evaluate_parser, evaluate_command
+from rnnkit.cli_finetune import add_finetune_parser, finetune_command
 from rnnkit.errors import UserError
 from rnnkit.launch import DEFAULT_TIMEOUT_S
 
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-sample", action="store_true", help="do not print a generated sample at the end")
     _add_process_options(t)
     add_evaluate_parser(sub)
+    add_finetune_parser(sub)
     g = sub.add_parser("generate", help="continue a text with a trained run")
     g.add_argument("run", type=Path, metavar="RUN")
     g.add_argument("prompt")
@@ -334,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # TerminateOnNaNCallback warns; the command prints its own one-line message instead.
     warnings.filterwarnings("ignore", message="Loss is .* training stopped", category=RuntimeWarning)
-    handlers = {"train": _train, "evaluate": evaluate_command, "generate": _generate, "lr-find": _lr_find}
+    handlers = {"train": _train, "evaluate": evaluate_command, "finetune": finetune_command, "generate": _generate,
+                "lr-find": _lr_find}
     try:
         return handlers[args.command](args)
     except UserError as e:  # raised where the input was checked; anything else is a bug and keeps its traceback

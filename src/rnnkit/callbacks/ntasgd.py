@@ -8,6 +8,9 @@ val > min(logs[:-n])`), start averaging: after every optimizer step from then on
 mean of the weights is updated. Validation, and whatever runs in `after_epoch` (trackers,
 `SaveModelCallback`), sees the averaged weights; training continues on the raw ones.
 
+`NTASGD(start=True)` averages from the first optimizer step instead (ASGD with t0=0): the paper's
+fine-tuning, which `NonMonotoneStop` ends with the same non-monotone test (section 5).
+
 After `fit` the model holds the averaged weights, so `learn.save` after fitting saves them;
 the raw weights stay in the callback and come back for the next `fit`. To resume a run,
 checkpoint `cb.state_dict()` (history, trigger point, step count and the weights not in the
@@ -24,9 +27,10 @@ import torch
 from torch import Tensor
 
 from rnnkit.training.callback import Callback
+from rnnkit.training.events import CancelFitException
 from rnnkit.training.recorder import Recorder
 
-__all__ = ["NTASGD"]
+__all__ = ["NTASGD", "NonMonotoneStop"]
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +42,11 @@ class NTASGD(Callback):
     skip_in_lr_find = True
     state_key = "ntasgd"  # checkpoints keep state_dict() under cb:ntasgd
 
-    def __init__(self, monitor: str = "valid_loss", n: int = 5, comp: Callable | None = None) -> None:
+    def __init__(self, monitor: str = "valid_loss", n: int = 5, comp: Callable | None = None,
+                 start: bool = False) -> None:
         super().__init__()
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"NTASGD needs n >= 1 (the non-monotone interval), got {n!r}.")
-        if comp is None:
-            lower = any(s in monitor for s in ("loss", "error", "perplexity"))
-            comp = np.less if lower else np.greater
-        self.monitor, self.n, self.comp = monitor, n, comp
+        self.monitor, self.n, self.comp = monitor, _check_n("NTASGD", n), _comp(monitor, comp)
+        self.start = start  # average from the first step of the fit (ASGD with t0=0), without waiting for the test
         self.history: list[float] = []
         self.triggered_at: int | None = None  # the learner's train_iter when averaging began
         self.n_avg = 0  # optimizer steps averaged so far
@@ -61,10 +62,13 @@ class NTASGD(Callback):
 
     def check(self, value: float) -> bool:
         """Record one validation value; True if it fires the trigger (the paper's non-monotone test)."""
-        logs, n = self.history, self.n
-        fire = not self.averaging and len(logs) > n and bool(self.comp(_best(logs[:-n], self.comp), value))
-        logs.append(float(value))
+        fire = not self.averaging and _worse_than_before(self.history, value, self.n, self.comp)
+        self.history.append(float(value))
         return fire
+
+    def trigger(self) -> None:
+        """Start averaging from the next optimizer step (what the non-monotone test does when it fires)."""
+        self.triggered_at, self.n_avg, self._other = self.learn.train_iter, 0, None
 
     def _params(self) -> list[Tensor]:
         return [p for p in self.learn.model.parameters()]
@@ -78,6 +82,8 @@ class NTASGD(Callback):
         self._idx = names.index(self.monitor)
         self._n_rows = len(rec.values)  # a check per new row: skipped epochs add none
         self._place()
+        if self.start and not self.averaging:
+            self.trigger()
 
     def _place(self) -> None:
         """Check the kept weights against the model and put them on its devices."""
@@ -126,7 +132,7 @@ class NTASGD(Callback):
         if val is None or (isinstance(val, float) and math.isnan(val)):
             return
         if self.check(float(val)):
-            self.triggered_at, self.n_avg, self._other = self.learn.train_iter, 0, None
+            self.trigger()
             log.info("NT-ASGD: %s %.4f did not improve on the best before the last %d checks; "
                      "averaging the weights from epoch %d.", self.monitor, val, self.n,
                      self.learn.epoch + 1)
@@ -161,6 +167,73 @@ class NTASGD(Callback):
         self._other = None if sd["other"] is None else [t.clone() for t in sd["other"]]
         if self.learn is not None:
             self._place()
+
+
+class NonMonotoneStop(Callback):
+    """Stop the fit when `monitor` is worse than its best value from before the last `n` checks: NT-ASGD's
+    non-monotone test, which ends the paper's fine-tuning (finetune.py: `val > min(logs[:-n])`)."""
+
+    order = NTASGD.order + 5  # last of the epoch's trackers: SaveBestWeights (NTASGD.order + 1) has saved
+    skip_in_lr_find = True
+    state_key = "nonmono_stop"
+
+    def __init__(self, monitor: str = "valid_loss", n: int = 5, comp: Callable | None = None) -> None:
+        super().__init__()
+        self.monitor, self.n, self.comp = monitor, _check_n("NonMonotoneStop", n), _comp(monitor, comp)
+        self.history: list[float] = []
+        self.stopped_epoch: int | None = None  # the epoch after which the test stopped the fit
+        self._idx = self._n_rows = 0
+
+    def before_fit(self) -> None:
+        rec = self.learn.get_cb(Recorder)
+        names = rec.metric_names[1:] if rec is not None else []
+        if self.monitor not in names:
+            raise ValueError(f"NonMonotoneStop monitors {self.monitor!r}, which is not recorded; choose one "
+                             f"of {[m for m in names if m != 'time']}")
+        self._idx, self._n_rows = names.index(self.monitor), len(rec.values)
+
+    def after_epoch(self) -> None:
+        values = self.learn.get_cb(Recorder).values
+        if len(values) == self._n_rows:  # a skipped epoch adds no row
+            return
+        self._n_rows = len(values)
+        val = values[-1][self._idx]
+        if val is None or (isinstance(val, float) and math.isnan(val)):
+            return
+        stop = _worse_than_before(self.history, float(val), self.n, self.comp)
+        self.history.append(float(val))
+        if stop:
+            self.stopped_epoch = int(self.learn.epoch)
+            log.info("%s %.4f is worse than the best before the last %d checks: stopping after epoch %d.",
+                     self.monitor, val, self.n, self.learn.epoch)
+            raise CancelFitException()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The values checked so far and where the test stopped."""
+        return {"history": list(self.history), "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        self.history = [float(v) for v in sd["history"]]
+        self.stopped_epoch = None if sd.get("stopped_epoch") is None else int(sd["stopped_epoch"])
+
+
+def _check_n(who: str, n: Any) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{who} needs n >= 1 (the non-monotone interval), got {n!r}.")
+    return n
+
+
+def _comp(monitor: str, comp: Callable | None) -> Callable:
+    if comp is not None:
+        return comp
+    return np.less if any(s in monitor for s in ("loss", "error", "perplexity")) else np.greater
+
+
+def _worse_than_before(history: list[float], value: float, n: int, comp: Callable) -> bool:
+    """The paper's non-monotone test: more than `n` earlier values, and `value` worse than the best of those
+    from before the last `n` (`t > n and value > min(history[:-n])` for a loss)."""
+    return len(history) > n and bool(comp(_best(history[:-n], comp), value))
 
 
 def _best(values: list[float], comp: Callable) -> float:

@@ -1,5 +1,6 @@
 """Learners for recurrent text models: `TextLearner`, and `language_model_learner` for AWD-LSTM
-with text generation (`predict`) and whole-split perplexity (`evaluate_lm`)."""
+with text generation (`predict`) and whole-split perplexity (`evaluate_lm`; `evaluate` adds the
+continuous cache pointer and dynamic evaluation)."""
 from __future__ import annotations
 
 import math
@@ -15,6 +16,9 @@ from rnnkit.errors import UserError
 from rnnkit.losses import CrossEntropyLossFlat
 from rnnkit.metrics import Perplexity, accuracy
 from rnnkit.models.awd_lstm import AWD_LSTM, AWDLSTMConfig, as_config, get_language_model
+from rnnkit.text.cache_pointer import CacheConfig
+from rnnkit.text.dynamic_eval import DynamicEvalConfig
+from rnnkit.text.lm_eval import evaluate_learner
 from rnnkit.training.learner import Learner
 
 __all__ = ["TextLearner", "LMLearner", "language_model_learner", "awd_lstm_lm_split"]
@@ -148,6 +152,19 @@ class LMLearner(TextLearner):
         loss = float(tot_loss / n)
         return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
                 "accuracy": float(tot_correct / n), "tokens": n}
+
+    def evaluate(self, split: str = "valid", bs: int | None = None, cache: CacheConfig | None = None,
+                 dynamic: DynamicEvalConfig | None = None, dl: Any = None,
+                 bptt: int | None = None) -> dict[str, Any]:
+        """Loss, perplexity and accuracy of a split by the AWD-LSTM paper's protocol (docs/evaluation.md):
+        one stateful pass, with the continuous cache pointer (`cache`) and/or dynamic evaluation (`dynamic`).
+
+        Args:
+            split: 'train', 'valid' or 'test' (the third loader of `dls`); `dl` replaces it.
+            bs: streams read side by side (default: the loader's); the paper's test protocol is 1.
+            bptt: tokens per forward (default: the loader's); with `dynamic`, `dynamic.bptt` is used.
+        """
+        return evaluate_learner(self, split, bs, cache, dynamic, dl, bptt)
 
 
 def language_model_learner(dls: Any, arch: type[nn.Module] = AWD_LSTM,

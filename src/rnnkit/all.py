@@ -40,6 +40,9 @@ from rnnkit.utils import *
 from rnnkit.torch_core import *
 from rnnkit.models import *
 from rnnkit.text.learner import LMLearner, TextLearner, awd_lstm_lm_split, language_model_learner
+from rnnkit.text.cache_pointer import CacheConfig
+from rnnkit.text.dynamic_eval import DynamicEvalConfig
+from rnnkit.text.lm_eval import tune_cache
 from rnnkit.errors import MissingFileError, UserError
 from rnnkit.export import ExportError, export_learner, load_learner
 from rnnkit.test_utils import RegModel, VerboseCallback, equals, synth_dbunch, synth_learner, test_eq, test_ne

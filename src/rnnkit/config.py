@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rnnkit.errors import UserError
-from rnnkit.presets import PRESETS, preset_values
+from rnnkit.presets import PRESET_TABLE, preset_values
 
 __all__ = ["TrainConfig", "ConfigError", "load_config_file", "config_from_mapping", "resolve_config",
            "KNOWN_CORPORA"]
@@ -78,8 +78,8 @@ class TrainConfig:
 
         if self.corpus not in KNOWN_CORPORA:
             raise bad("corpus", f"is not a known corpus; use one of {', '.join(KNOWN_CORPORA)}")
-        if self.preset not in PRESETS:
-            raise bad("preset", f"is not a preset; use one of {', '.join(PRESETS)}")
+        if self.preset not in PRESET_TABLE:
+            raise bad("preset", f"is not a preset; use one of {', '.join(PRESET_TABLE)}")
         if self.schedule not in ("one_cycle", "flat_cos", "constant"):
             raise bad("schedule", "must be one_cycle, flat_cos or constant")
         if self.optimizer not in ("adam", "sgd"):
@@ -170,8 +170,8 @@ def resolve_config(file_values: Mapping[str, Any] | None = None, cli_values: Map
     given = TrainConfig()
     for values, source in layers:  # checked before the preset is looked up: a typo is named where it is
         given = config_from_mapping(values, base=given, source=source)
-    if given.preset not in PRESETS:
-        raise ConfigError(f"config: preset={given.preset!r} is not a preset; use one of {', '.join(PRESETS)}")
+    if given.preset not in PRESET_TABLE:
+        raise ConfigError(f"config: preset={given.preset!r} is not a preset; use one of {', '.join(PRESET_TABLE)}")
     cfg = config_from_mapping(preset_values(given.preset, dataclasses.asdict(given)),
                               source=f"preset {given.preset!r}")
     cfg.preset = given.preset

@@ -102,9 +102,11 @@ def finetune(run: str | Path, epochs: int | None = None, lr: float | None = None
     run = Path(run)
     _check_options(epochs, lr, nonmono, threads)
     check_finetunable(run)
+    sessions = _sessions(run)  # an unreadable finetune.json is refused before anything is written
     cfg, learn = load_run(run, data=data, device=device)
-    if threads or cfg.threads:
-        torch.set_num_threads(threads or cfg.threads)
+    n_threads = threads or cfg.threads
+    if n_threads:
+        torch.set_num_threads(n_threads)
     for cb in [c for c in learn.cbs if isinstance(c, NTASGD)]:  # the training's; finetune brings its own
         learn.remove_cb(cb)
     start = run / "best.safetensors" if (run / "best.safetensors").is_file() else run / "model.safetensors"
@@ -119,7 +121,6 @@ def finetune(run: str | Path, epochs: int | None = None, lr: float | None = None
     settings = {"epochs": epochs, "lr": lr, "nonmono": nonmono, "start": start.name,
                 "start_record": read_best(start), "start_valid_loss": start_loss, "first_epoch": first,
                 "state": "running"}
-    sessions = _sessions(run)
     sessions.append(settings)
     _write_sessions(run, sessions)
     _set_stage(run, "finetuning")

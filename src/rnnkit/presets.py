@@ -71,12 +71,12 @@ PRESET_TABLE: dict[str, Preset] = {
                         doc="the AWD-LSTM paper's whole recipe on WikiText-2 (docs/paper-recipe.md)"),
 }
 
-PRESETS: tuple[str, ...] = tuple(PRESET_TABLE)  # the names `TrainConfig.preset` accepts
+PRESETS: tuple[str, ...] = tuple(PRESET_TABLE)  # the names `TrainConfig.preset` accepts (the table is checked)
 
 
 def _entry(name: str) -> Preset:
     if name not in PRESET_TABLE:
-        raise ValueError(f"preset={name!r} is not a preset; use one of {', '.join(PRESETS)}")
+        raise ValueError(f"preset={name!r} is not a preset; use one of {', '.join(PRESET_TABLE)}")
     return PRESET_TABLE[name]
 
 

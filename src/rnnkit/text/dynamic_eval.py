@@ -70,12 +70,14 @@ class DynamicEvaluator:
 
     def __init__(self, model: nn.Module, config: DynamicEvalConfig) -> None:
         self.model, self.config = model, config
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise UserError("dynamic evaluation needs trainable weights, but every parameter of the model has "
                             "requires_grad=False; unfreeze the model (learn.unfreeze()) first")
         self.start = [p.detach().clone() for p in self.params]  # theta0, the trained weights
-        self.sqr_avg = [torch.zeros_like(p) for p in self.params] if config.method == "rms" else []
+        rms = config.method == "rms"
+        self.sqr_avg = [torch.zeros_like(p) for p in self.params] if rms else []
+        self.denom = [torch.empty_like(p) for p in self.params] if rms else []  # sqrt(MS) + eps, reused
         self.n_steps = 0
 
     def step(self, loss: Tensor) -> None:
@@ -83,18 +85,23 @@ class DynamicEvaluator:
         cfg = self.config
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         self.n_steps += 1
+        used = [i for i, g in enumerate(grads) if g is not None]
+        ps, gs = [self.params[i] for i in used], [grads[i] for i in used]
         lr = float(cfg.lr)  # type: ignore[arg-type]
+        # In place and foreach: no parameter-sized temporaries (STYLE §10), one call per operation.
         with torch.no_grad():
-            for i, (p, p0, g) in enumerate(zip(self.params, self.start, grads)):
-                pull = (p0 - p).mul_(cfg.decay)  # from the weights before this step
-                if g is not None:
-                    g = g.to(p.dtype)
-                    if cfg.method == "rms":
-                        ms = self.sqr_avg[i]  # running mean of g^2 over the segments so far
-                        ms.mul_(1 - 1 / self.n_steps).addcmul_(g, g, value=1 / self.n_steps)
-                        g = g / ms.sqrt().add_(cfg.eps)
-                    p.add_(g, alpha=-lr)
-                p.add_(pull)
+            if cfg.decay:  # theta += decay * (theta0 - theta), from the weights before this step
+                torch._foreach_lerp_(self.params, self.start, cfg.decay)
+            if cfg.method == "rms":
+                ms, denom = [self.sqr_avg[i] for i in used], [self.denom[i] for i in used]
+                torch._foreach_mul_(ms, 1 - 1 / self.n_steps)  # the running mean of g^2 over the segments so far
+                torch._foreach_addcmul_(ms, gs, gs, value=1 / self.n_steps)
+                for d, m in zip(denom, ms):
+                    torch.sqrt(m, out=d)
+                torch._foreach_add_(denom, cfg.eps)
+                torch._foreach_addcdiv_(ps, gs, denom, value=-lr)
+            else:
+                torch._foreach_add_(ps, gs, alpha=-lr)
 
     def restore(self) -> None:
         """Put the trained weights back."""

@@ -28,17 +28,20 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     e.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: the run's setting)")
     g = e.add_argument_group("continuous cache pointer (Grave et al. 2017); defaults: the paper's for the corpus")
     g.add_argument("--cache", action="store_true", help="mix the model with a cache of its recent outputs")
-    g.add_argument("--window", type=int, help="how many earlier tokens the cache points to (PTB 500, WT2 3785)")
-    g.add_argument("--theta", type=float, help="scale of the cache's dot products (PTB 1.0, WT2 0.6625)")
-    g.add_argument("--lambda", dest="lambdah", type=float, help="weight of the cache (PTB 0.1, WT2 0.1279)")
+    g.add_argument("--window", type=int, metavar="N",
+                   help="how many earlier tokens the cache points to (PTB 500, WT2 3785)")
+    g.add_argument("--theta", type=float, metavar="T", help="scale of the cache's dot products (PTB 1.0, WT2 0.6625)")
+    g.add_argument("--lambda", dest="lambdah", type=float, metavar="L",
+                   help="weight of the cache (PTB 0.1, WT2 0.1279)")
     g.add_argument("--tune-cache", action="store_true",
                    help="search theta and lambda on the valid split, then evaluate with the best (implies --cache)")
     g = e.add_argument_group("dynamic evaluation (Krause et al. 2018): adapt the weights to the text as it is read")
     g.add_argument("--dynamic", action="store_true", help="score each segment, then take a gradient step on it")
-    g.add_argument("--dynamic-lr", type=float, help="step size (default: sgd 0.1, rms 2e-4)")
-    g.add_argument("--dynamic-decay", type=float, help="pull back towards the trained weights per step (default 0.002)")
+    g.add_argument("--dynamic-lr", type=float, metavar="LR", help="step size (default: sgd 0.1, rms 2e-4)")
+    g.add_argument("--dynamic-decay", type=float, metavar="D",
+                   help="pull back towards the trained weights per step (default 0.002)")
     g.add_argument("--dynamic-method", choices=["rms", "sgd"], help="update rule (default rms)")
-    g.add_argument("--dynamic-bptt", type=int, help="tokens per segment, one update each (default 5)")
+    g.add_argument("--dynamic-bptt", type=int, metavar="N", help="tokens per segment, one update each (default 5)")
     return e
 
 

@@ -48,7 +48,7 @@ def test_paper_presets_set_every_value_of_the_papers_recipe(name):
 
 
 def test_model_size_presets_still_set_only_the_model():
-    assert PRESETS == ("small", "fastai", "paper", "paper-ptb", "paper-wt2")
+    assert PRESETS == ("small", "fastai", "paper", "paper-ptb", "paper-wt2", "budget")
     for name in ("small", "fastai", "paper"):
         assert resolve_config({}, {"preset": name}) == TrainConfig(preset=name)
         assert model_of_preset(name) == name
@@ -69,7 +69,7 @@ def test_precedence_is_defaults_then_preset_then_file_then_command_line():
 
 def test_an_unknown_preset_is_refused_naming_the_valid_ones(tmp_path, monkeypatch, capsys):
     with pytest.raises(ConfigError, match="preset='huge' is not a preset; use one of small, fastai, paper, "
-                                          "paper-ptb, paper-wt2"):
+                                          "paper-ptb, paper-wt2, budget"):
         resolve_config({"preset": "huge"}, {})
     with pytest.raises(ConfigError, match="c.toml: unknown key 'presett'"):  # a typo is named where it is
         resolve_config({"presett": "paper-ptb"}, {}, file_source="c.toml")
@@ -78,7 +78,7 @@ def test_an_unknown_preset_is_refused_naming_the_valid_ones(tmp_path, monkeypatc
     assert cli.main(["train", "--preset", "paper_ptb"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "rnnkit train: error: config: preset='paper_ptb' is not a preset; use one of small, fastai, paper, "
-        "paper-ptb, paper-wt2"]
+        "paper-ptb, paper-wt2, budget"]
 
 
 def test_a_preset_entry_may_be_a_function_of_the_values_given_without_it(monkeypatch):
@@ -142,3 +142,28 @@ def test_a_run_keeps_the_resolved_values_and_resume_does_not_apply_the_preset_ag
     rows = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
     assert (tmp_path / "r" / "best.safetensors").is_file()
+
+
+def test_a_time_budget_without_a_preset_gets_the_budget_recipe():
+    cfg = resolve_config({}, {"time_budget": 10.0, "corpus": "ptb", "data": "corpus"})
+    assert cfg.preset == "budget"
+    assert {k: getattr(cfg, k) for k in ("emb_sz", "n_hid", "n_layers", "schedule")} == \
+        {k: v for k, v in preset_values("budget", {"corpus": "ptb"}).items()
+         if k in ("emb_sz", "n_hid", "n_layers", "schedule")}
+    assert cfg.epochs >= 1000  # only an upper bound: the budget ends training
+    assert model_config(cfg).emb_sz == cfg.emb_sz and model_config(cfg).init_range == AWD_LSTM_CONFIGS["fastai"].init_range
+    # the command line still wins over the recipe
+    assert resolve_config({}, {"time_budget": 10.0, "corpus": "ptb", "data": "c", "bs": 32, "lr": 1e-3}).bs == 32
+
+
+def test_a_named_preset_with_a_time_budget_keeps_that_preset():
+    cfg = resolve_config({"preset": "fastai"}, {"time_budget": 2.0})
+    assert cfg.preset == "fastai" and cfg.epochs == TrainConfig().epochs  # epochs: the cap the user had
+    assert resolve_config({}, {}).preset == TrainConfig().preset  # no budget, no preset: the default
+
+
+def test_the_budget_recipe_keeps_the_small_model_on_small_corpora():
+    cfg = resolve_config({}, {"time_budget": 1.0})
+    assert cfg.corpus == "human_numbers" and cfg.preset == "budget"
+    assert model_config(cfg) == AWD_LSTM_CONFIGS["small"]
+    assert cfg.bs == TrainConfig().bs and cfg.bptt == TrainConfig().bptt

@@ -43,6 +43,8 @@ from rnnkit.text.learner import LMLearner, TextLearner, awd_lstm_lm_split, langu
 from rnnkit.text.cache_pointer import CacheConfig
 from rnnkit.text.dynamic_eval import DynamicEvalConfig
 from rnnkit.text.lm_eval import tune_cache
+from rnnkit.config import TrainConfig, resolve_config
+from rnnkit.finetune import finetune
 from rnnkit.errors import MissingFileError, UserError
 from rnnkit.export import ExportError, export_learner, load_learner
 from rnnkit.test_utils import RegModel, VerboseCallback, equals, synth_dbunch, synth_learner, test_eq, test_ne

@@ -163,13 +163,17 @@ def resolve_config(file_values: Mapping[str, Any] | None = None, cli_values: Map
                    file_source: str = "config file", cli_source: str = "command line") -> TrainConfig:
     """The validated config of a new run: TrainConfig defaults < preset < config file < command line.
 
-    The preset is the one the command line names, else the file's, else the default; its values
+    The preset is the one the command line names, else the file's, else `budget` when a time budget is
+    given, else the default; its values
     (`rnnkit.presets`) may depend on the values given without it. Unknown keys and wrong types are named
     with their source, as `config_from_mapping` does."""
     layers = [(dict(file_values or {}), file_source), (dict(cli_values or {}), cli_source)]
     given = TrainConfig()
     for values, source in layers:  # checked before the preset is looked up: a typo is named where it is
         given = config_from_mapping(values, base=given, source=source)
+    named = any("preset" in values for values, _ in layers)
+    if not named and given.time_budget is not None:
+        given.preset = "budget"  # a time budget without a preset gets the recipe made for short budgets
     if given.preset not in PRESET_TABLE:
         raise ConfigError(f"config: preset={given.preset!r} is not a preset; use one of {', '.join(PRESET_TABLE)}")
     cfg = config_from_mapping(preset_values(given.preset, dataclasses.asdict(given)),

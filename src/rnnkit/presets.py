@@ -61,6 +61,28 @@ def _paper(corpus: str, bs: int, input_p: float) -> dict[str, Any]:
     )
 
 
+# Corpora read as characters or generated: the `small` model's size, with its dropouts, suits them.
+_SMALL_CORPORA = ("human_numbers", "tinyshakespeare")
+
+
+def _budget(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe for a short time budget (`rnnkit train --time-budget MINUTES` without --preset).
+
+    How it was chosen: README "Training for a time budget", with the sweep's table
+    (`benchmarks/sweep_recipe.py`). In short: a budget of minutes on a CPU trains a few epochs of a word
+    corpus, far from where the paper's dropouts pay off, so the model is one that a 2-core CPU runs fast
+    (the tied softmax dominates a step) with light dropout, Adam at the peak lr of the sweep, one cycle
+    fitted to the budget, and the epochs only an upper bound."""
+    if given.get("corpus") in _SMALL_CORPORA:
+        return dict(epochs=10_000)  # the small model; the budget decides how long
+    return dict(
+        emb_sz=200, n_hid=400, n_layers=2, bs=64, bptt=70,
+        drop_mult=0.5,
+        lr=2e-2, wd=0.1, schedule="one_cycle", optimizer="adam",
+        epochs=10_000,  # an upper bound: the budget ends training
+    )
+
+
 PRESET_TABLE: dict[str, Preset] = {
     "small": Preset("small", doc="CPU-sized model for small corpora such as Human Numbers (the default)"),
     "fastai": Preset("fastai", doc="fastai's AWD-LSTM language model size and dropouts"),
@@ -69,6 +91,8 @@ PRESET_TABLE: dict[str, Preset] = {
                         doc="the AWD-LSTM paper's whole recipe on Penn Treebank (docs/paper-recipe.md)"),
     "paper-wt2": Preset("paper", _paper("wikitext-2", bs=80, input_p=0.65),
                         doc="the AWD-LSTM paper's whole recipe on WikiText-2 (docs/paper-recipe.md)"),
+    "budget": Preset("fastai", _budget,
+                     doc="the best model for a short --time-budget on a CPU (the default with --time-budget)"),
 }
 
 PRESETS: tuple[str, ...] = tuple(PRESET_TABLE)  # the names `TrainConfig.preset` accepts (the table is checked)
@@ -90,6 +114,9 @@ def preset_values(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def model_of_preset(name: str) -> str:
-    """The `AWD_LSTM_CONFIGS` entry that preset `name` builds its model from."""
+def model_of_preset(name: str, corpus: str | None = None) -> str:
+    """The `AWD_LSTM_CONFIGS` entry that preset `name` builds its model from (for `corpus`: the `budget`
+    preset builds the `small` model for the corpora that model is made for)."""
+    if name == "budget" and corpus in _SMALL_CORPORA:
+        return "small"
     return _entry(name).model

@@ -3,13 +3,18 @@ folder, and load a run folder back to evaluate or generate.
 
 A run folder holds::
 
-    rnnkit-run.json     marks the folder as a run (format version, state: running/done/...)
+    rnnkit-run.json     marks the folder as a run (format version, state: running/done/..., and after
+                        `rnnkit finetune` its stage)
     config.json         the configuration actually used; the one home of the run's lr (an LR-finder
                         suggestion is written here before training, and a resume reads it from here)
     vocab.json          the vocabulary
-    model.safetensors   the final weights (written at the end of training)
+    model.safetensors   the final weights (written at the end of training; the best finetuned ones after
+                        `rnnkit finetune`, which keeps training's as model-train.safetensors)
+    best.safetensors    the weights of the epoch with the lowest validation loss (`SaveBestWeights`;
+                        the averaged ones once NT-ASGD averages), what `rnnkit finetune` starts from
     checkpoints/        LATEST + ckpt-N/ (weights, optimizer, RNG, loader and schedule position)
-    metrics.csv         one row per epoch
+    metrics.csv         one row per epoch (after a finetune, a `stage` column tells train from finetune)
+    finetune.json       the settings and results of each `rnnkit finetune` of the run
     loss.png, lr_schedule.png, lr_find.png
 
 With several processes (`rnnkit train --nproc N`, torchrun) one writer keeps the folder whole: rank 0
@@ -75,7 +80,7 @@ class RunError(UserError):
 
 def model_config(cfg: TrainConfig) -> AWDLSTMConfig:
     """The AWD-LSTM config of a training config: the preset with the overrides applied."""
-    base = AWD_LSTM_CONFIGS[model_of_preset(cfg.preset)]
+    base = AWD_LSTM_CONFIGS[model_of_preset(cfg.preset, cfg.corpus)]
     over = {k: getattr(cfg, k) for k in ("emb_sz", "n_hid", "n_layers", "output_p", "hidden_p",
                                          "input_p", "embed_p", "weight_p") if getattr(cfg, k) is not None}
     return dataclasses.replace(base, **over)

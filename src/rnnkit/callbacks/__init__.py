@@ -1,4 +1,5 @@
 """Callbacks shipped with rnnkit."""
+from rnnkit.callbacks.best import SaveBestWeights
 from rnnkit.callbacks.budget import TimeBudget
 from rnnkit.callbacks.clip import GradientClip
 from rnnkit.callbacks.csv_logger import CSVLogger
@@ -7,7 +8,7 @@ from rnnkit.callbacks.graph import ShowGraphCallback
 from rnnkit.callbacks.hook import (
     ActivationStats, Hook, HookCallback, Hooks, has_params, hook_output, hook_outputs,
 )
-from rnnkit.callbacks.ntasgd import NTASGD
+from rnnkit.callbacks.ntasgd import NTASGD, NonMonotoneStop
 from rnnkit.callbacks.checkpoint import Checkpointer
 from rnnkit.callbacks.preds import FetchPredsCallback, GatherPredsCallback
 from rnnkit.callbacks.progress import ProgressCallback
@@ -21,7 +22,7 @@ from rnnkit.callbacks.tracker import (
 from rnnkit.callbacks.training import BnFreeze, GradientAccumulation, ShortEpochCallback, bn_types, set_bn_eval
 
 __all__ = [
-    "NTASGD", "TimeBudget", "Checkpointer", "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback",
+    "NTASGD", "NonMonotoneStop", "SaveBestWeights", "TimeBudget", "Checkpointer", "GradientClip", "CSVLogger", "MixedPrecision", "GatherPredsCallback",
     "FetchPredsCallback", "ProgressCallback", "Throughput",
     "ModelResetter", "ModelReseter", "RNNCallback", "RNNRegularizer", "RNNTrainer", "rnn_cbs",
     "LRFinder", "ParamScheduler", "SkipToEpoch", "SuggestedLRs",

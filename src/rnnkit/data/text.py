@@ -52,11 +52,15 @@ class TextDataLoaders(DataLoaders):
     @classmethod
     def from_corpus(cls, corpus: Corpus | str, path: str | os.PathLike | None = None, bs: int = 64,
                     seq_len: int = 72, **kwargs: Any) -> TextDataLoaders:
-        """Loaders over a corpus object, or a known corpus name read from `path`."""
+        """Loaders over a corpus object, or a known corpus name read from `path`: train and valid, and test
+        as the third when the corpus has one."""
         if isinstance(corpus, str):
             corpus = read_corpus(corpus, path)
-        return cls.from_streams(corpus["train"], corpus["valid"], corpus.vocab, bs=bs, seq_len=seq_len,
-                                tokenizer=corpus.tokenizer, path=path or ".", **kwargs)
+        dls = cls.from_streams(corpus["train"], corpus["valid"], corpus.vocab, bs=bs, seq_len=seq_len,
+                               tokenizer=corpus.tokenizer, path=path or ".", **kwargs)
+        if "test" in corpus.splits:  # a third loader, read like valid: `learn.evaluate('test')`, `dls[2]`
+            dls.loaders.append(dls.valid.new(corpus["test"]))
+        return dls
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike, tokenizer: BaseTokenizer | str = "word", bs: int = 64,

@@ -112,6 +112,48 @@ def test_chunked_cross_entropy_matches_torch_in_value_and_gradient(n, c, reducti
     torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-12)
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), c=st.integers(2, 300), reduction=st.sampled_from(["mean", "sum", "none"]),
+       n_ignored=st.integers(0, 5), chunk_rows=st.integers(1, 7), seed=st.integers(0, 2**16))
+def test_chunked_cross_entropy_of_bf16_logits_is_the_float32_loss_of_those_logits(n, c, reduction, n_ignored,
+                                                                                   chunk_rows, seed):
+    """CPU autocast's bfloat16 logits: each chunk is computed in float32, the loss comes back in float32 and
+    the gradient in bfloat16: float32's gradient to bfloat16's precision (one rounding, 2**-8 relative)."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, c, generator=g) * 4).bfloat16().requires_grad_()
+    t = torch.randint(0, c, (n,), generator=g)
+    t[: min(n_ignored, n - 1)] = -100
+    old = losses._CE_CHUNK_BYTES
+    losses._CE_CHUNK_BYTES = chunk_rows * c * 4
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = losses._ChunkedCrossEntropy.apply(x, t, -100, reduction)
+    finally:
+        losses._CE_CHUNK_BYTES = old
+    x32 = x.detach().float().requires_grad_()
+    ref = F.cross_entropy(x32, t, reduction=reduction)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    w = torch.randn(ref.shape, generator=g)
+    grad, = torch.autograd.grad((loss * w).sum(), x)
+    ref_grad, = torch.autograd.grad((ref * w).sum(), x32)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.float(), ref_grad, rtol=2**-8, atol=1e-7)
+
+
+def test_cross_entropy_flat_takes_the_chunked_path_for_bf16_logits_under_autocast(small_pool):
+    lin = torch.nn.Linear(16, 50)
+    h = torch.randn(4, 30, 16)
+    t = torch.randint(0, 50, (4, 30))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = lin(h)
+        loss = CrossEntropyLossFlat()(logits, t)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert type(loss.grad_fn).__name__ == "_ChunkedCrossEntropyBackward"
+    loss.backward()
+    assert lin.weight.grad is not None and lin.weight.grad.dtype == torch.float32
+
+
 def test_cross_entropy_flat_takes_the_chunked_path_for_large_cpu_logits(small_pool):
     x = torch.randn(4, 30, 50, requires_grad=True)  # 24 KB of logits
     t = torch.randint(0, 50, (4, 30))

@@ -31,7 +31,8 @@ from torch import Tensor
 
 from rnnkit.devices import cpu_autocast_dtype
 
-__all__ = ["BufferPool", "buffer_pool", "heap_free_bytes", "pooling_applies", "release_freed_memory",
+__all__ = ["BufferPool", "buffer_pool", "chunked_loss_applies", "heap_free_bytes", "pooling_applies",
+           "release_freed_memory",
            "reuse_freed_memory"]
 
 
@@ -135,6 +136,14 @@ def pooling_applies(x: Tensor, out_bytes: int) -> bool:
     own casting applies) nor while torch.compile traces."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and out_bytes >= buffer_pool.min_bytes and not _cpu_autocast_enabled() and not _is_compiling())
+
+
+def chunked_loss_applies(x: Tensor, out_bytes: int) -> bool:
+    """Whether a loss over `x` (logits) should run in row chunks into `buffer_pool`: on the CPU, in float32,
+    float64 or bfloat16 (CPU autocast's logits; each chunk is computed in float32), at least `min_bytes`,
+    and not while torch.compile traces. Autocast does not matter: the chunks run with it off."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+            and out_bytes >= buffer_pool.min_bytes and not _is_compiling())
 
 
 def _is_compiling() -> bool:

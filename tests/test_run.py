@@ -135,3 +135,20 @@ def test_load_run_validates_the_saved_config(tmp_path):
     (run / "config.json").write_text(json.dumps({**json.loads(cfg.to_json()), "bs": 0}))
     with pytest.raises(run_mod.UserError, match="bs=0"):
         run_mod.load_run(run)
+
+
+def test_lr_find_trains_at_the_fall_suggestion(tmp_path, monkeypatch):
+    import rnnkit.run as run_mod
+    from rnnkit.schedules import fall
+
+    seen = []
+
+    def spy(lrs, losses, num_it=None):
+        res = fall(lrs, losses, num_it)
+        seen.append(res[0])
+        return res
+
+    spy.__name__ = "fall"
+    monkeypatch.setattr(run_mod, "fall", spy)
+    res = train(_cfg(tmp_path, "run", lr_find=True), log_fn=lambda *a: None)
+    assert len(seen) == 1 and res["lr"] == pytest.approx(seen[0]) and _saved_cfg(tmp_path / "run").lr == res["lr"]

@@ -222,3 +222,82 @@ def test_slide_copes_with_curves_shorter_than_the_window():
 def test_suggestions_reject_mismatched_inputs():
     with pytest.raises(ValueError, match="same length"):
         valley([1e-3, 1e-2], [1.0, 2.0, 3.0], 3)
+
+
+def _finder_curve():
+    """An LR range test's shape: flat at 5.0, a fall to 3.0 between 1e-3 and 1e-1, a floor, then a blow-up."""
+    lrs = np.logspace(-6, 1, 71)
+    x = np.log10(lrs)
+    fall = 5.0 - 2.0 * np.clip((x + 3) / 2, 0, 1)  # 5 at 1e-3 down to 3 at 1e-1, linear in log10(lr)
+    losses = fall + np.where(x > 0, (x - 0) * 4, 0.0)  # blows up above 1
+    losses[np.argmin(np.abs(x - (-0.5)))] -= 0.01  # the lowest point, at lr 10**-0.5 on the floor
+    return lrs, losses
+
+
+def test_knee_is_where_the_loss_has_made_80pct_of_its_fall():
+    from rnnkit.schedules import knee
+
+    lrs, losses = _finder_curve()
+    lr, (at, loss) = knee(lrs, losses)
+    # start 5.0, lowest 2.99: 80% of the fall is at loss 5 - 0.8 * 2.01 = 3.392, i.e. log10(lr) = -3 + 2*0.804
+    assert math.log10(lr) == pytest.approx(-3 + 2 * (0.8 * 2.01 / 2.0), abs=1e-9)
+    assert loss == pytest.approx(5 - 0.8 * 2.01) and at == lr
+    assert knee(lrs, losses, frac=0.5)[0] < lr < knee(lrs, losses, frac=0.95)[0]
+    assert valley(lrs, losses)[0] < lr < 10 ** -0.5  # above fastai's valley, below the lowest point
+
+
+def test_knee_of_a_curve_that_never_falls_is_minimums():
+    from rnnkit.schedules import knee
+
+    lrs = np.logspace(-5, 0, 30)
+    rising = np.linspace(2.0, 4.0, 30)
+    assert knee(lrs, rising) == minimum(lrs, rising)
+    with pytest.raises(ValueError, match="frac"):
+        knee(lrs, rising, frac=0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0.1, 10.0), min_size=3, max_size=60))
+def test_knee_lies_between_the_first_lr_and_the_lowest_point(values):
+    from rnnkit.schedules import knee
+
+    losses = np.array(values)
+    lrs = np.logspace(-6, 0, len(losses))
+    lr = knee(lrs, losses)[0]
+    i_min = int(np.argmin(losses))
+    if losses[0] > losses[i_min]:
+        assert lrs[0] <= lr <= lrs[i_min] * (1 + 1e-12)
+
+
+def test_fall_is_where_the_loss_is_8pct_below_its_start():
+    from rnnkit.schedules import fall
+
+    lrs, losses = _finder_curve()  # 5.0 falling linearly in log10(lr) from 1e-3 to 3.0 at 1e-1
+    lr, (at, loss) = fall(lrs, losses)
+    # 8% below 5.0 is 4.6: a fifth of the way down a fall of 2.0 over two decades, log10(lr) = -3 + 0.4
+    assert math.log10(lr) == pytest.approx(-2.6, abs=1e-9)
+    assert loss == pytest.approx(4.6) and at == lr
+    assert fall(lrs, losses, rel=0.04)[0] < lr < fall(lrs, losses, rel=0.2)[0]
+    assert valley(lrs, losses)[0] < lr
+
+
+def test_fall_of_a_curve_that_never_falls_8pct_is_knees():
+    from rnnkit.schedules import fall, knee
+
+    lrs = np.logspace(-5, 0, 30)
+    shallow = 5.0 - 0.2 * np.clip(np.linspace(-1, 1, 30), 0, 1)  # a 4% fall, like a pretrained model's
+    assert fall(lrs, shallow) == knee(lrs, shallow)
+    with pytest.raises(ValueError, match="rel"):
+        fall(lrs, shallow, rel=1.5)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0.1, 10.0), min_size=3, max_size=60))
+def test_fall_lies_between_the_first_lr_and_the_lowest_point(values):
+    from rnnkit.schedules import fall
+
+    losses = np.array(values)
+    lrs = np.logspace(-6, 0, len(losses))
+    lr = fall(lrs, losses)[0]
+    if losses[0] > losses.min():
+        assert lrs[0] <= lr <= lrs[int(np.argmin(losses))] * (1 + 1e-12)

@@ -60,7 +60,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="train for MINUTES (validation not counted): the schedule is fitted to the steps that "
                         "fit, and --epochs becomes an upper bound")
     g.add_argument("--lr", type=float, default=S, help="peak learning rate (default 1e-2)")
-    g.add_argument("--lr-find", action="store_true", default=S, help="run the LR finder and use its suggestion")
+    g.add_argument("--lr-find", action="store_true", default=S,
+                   help="run the LR finder first and train at its `fall` suggestion")
     g.add_argument("--schedule", default=S, help="one_cycle (default), flat_cos or constant")
     g.add_argument("--wd", type=float, default=S, help="weight decay (default 0.1)")
     g.add_argument("--alpha", type=float, default=S, help="AR scale (default 2)")
@@ -307,9 +308,9 @@ def _print_device(cfg: Any) -> None:
 
 
 def _suggest_funcs() -> tuple:
-    from rnnkit.schedules import minimum, slide, steep, valley
+    from rnnkit.schedules import fall, knee, minimum, slide, steep, valley
 
-    return (valley, slide, minimum, steep)
+    return (fall, valley, slide, minimum, steep, knee)
 
 
 def _set_up_memory() -> None:

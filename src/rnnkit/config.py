@@ -47,7 +47,7 @@ class TrainConfig:
     epochs: int = 15
     time_budget: float | None = None  # minutes of training (validation not counted); the schedule fits it
     lr: float = 1e-2  # peak learning rate of the schedule
-    lr_find: bool = False  # run the LR finder first and use its 'valley' suggestion
+    lr_find: bool = False  # run the LR finder first and use its 'fall' suggestion
     schedule: str = "one_cycle"  # one_cycle, flat_cos or constant
     wd: float = 0.1  # weight decay (decoupled)
     alpha: float = 2.0  # AR scale

@@ -20,6 +20,7 @@ from rnnkit.errors import UserError
 __all__ = [
     "cpu_autocast_dtype",
     "cpu_computes_natively",
+    "cpu_has_bf16_instructions",
     "default_device",
     "describe_device",
     "resolve_device",
@@ -47,6 +48,22 @@ def to_device(b: Any, device: torch.device | str | None = None) -> Any:
 
 
 @functools.cache
+def cpu_has_bf16_instructions() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags),
+    where `--precision bf16` pays: the `budget` recipe's PTB step takes 0.35-0.45 s in bf16 against 0.60 s in
+    float32 on an AVX512-BF16 EPYC. Plain AVX-512 only converts (`cpu_computes_natively` is True there,
+    but the matmuls are no faster); False where the flags cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def cpu_computes_natively(dtype: torch.dtype) -> bool:
     """Whether this CPU runs `dtype` (bfloat16 or float16) in oneDNN's kernels: bfloat16 needs AVX-512
     (native with AVX512-BF16 or AMX), float16 needs AVX512-FP16 or AMX-FP16. Without it, PyTorch's

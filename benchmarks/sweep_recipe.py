@@ -29,7 +29,7 @@ from rnnkit.config import TrainConfig
 from rnnkit.run import build_dls, build_learner
 from rnnkit.schedules import minimum, slide, steep, valley
 from rnnkit.training.callback import Callback, TrainEvalCallback
-from rnnkit.training.events import CancelFitException
+from rnnkit.training.events import CancelFitException, CancelTrainException
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FOLDERS = {"ptb": "ptb", "wikitext-2": "wikitext-2", "human_numbers": None}
@@ -44,10 +44,14 @@ class StepCap(Callback):
         super().__init__()
         self.n, self.steps = n, 0
 
+    def before_epoch(self) -> None:
+        if self.steps >= self.n:
+            raise CancelFitException()
+
     def before_batch(self) -> None:
         if self.learn.training:
             if self.steps >= self.n:
-                raise CancelFitException()
+                raise CancelTrainException()  # after_train still runs: Throughput counts the phase
             self.learn.pct_train = self.steps / self.n
 
     def after_batch(self) -> None:

@@ -167,3 +167,27 @@ def test_the_budget_recipe_keeps_the_small_model_on_small_corpora():
     assert cfg.corpus == "human_numbers" and cfg.preset == "budget"
     assert model_config(cfg) == AWD_LSTM_CONFIGS["small"]
     assert cfg.bs == TrainConfig().bs and cfg.bptt == TrainConfig().bptt
+
+
+def test_the_budget_recipe_trains_in_bf16_only_where_the_hardware_multiplies_it(monkeypatch):
+    import rnnkit.devices as devices
+
+    for has in (True, False):
+        monkeypatch.setattr(devices, "cpu_has_bf16_instructions", lambda has=has: has)
+        cfg = resolve_config({}, {"time_budget": 10.0, "corpus": "ptb", "data": "c", "device": "cpu"})
+        assert cfg.precision == ("bf16" if has else "fp32")
+    # a device that is not there: fp32 here, and the run refuses the device with its own message later
+    if not torch.cuda.is_available():
+        assert resolve_config({}, {"time_budget": 10.0, "corpus": "ptb", "data": "c", "device": "cuda"}).precision == "fp32"
+    # the command line still decides
+    assert resolve_config({}, {"time_budget": 10.0, "corpus": "ptb", "data": "c", "precision": "fp32"}).precision == "fp32"
+
+
+def test_cpu_has_bf16_instructions_reads_the_cpu_flags():
+    from rnnkit.devices import cpu_has_bf16_instructions
+
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags here")
+    assert cpu_has_bf16_instructions() == bool({"avx512_bf16", "amx_bf16"} & set(flags))

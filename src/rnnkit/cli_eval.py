@@ -37,11 +37,11 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
                    help="search theta and lambda on the valid split, then evaluate with the best (implies --cache)")
     g = e.add_argument_group("dynamic evaluation (Krause et al. 2018): adapt the weights to the text as it is read")
     g.add_argument("--dynamic", action="store_true", help="score each segment, then take a gradient step on it")
-    g.add_argument("--dynamic-lr", type=float, metavar="LR", help="step size (default: sgd 0.1, rms 2e-4)")
+    g.add_argument("--dynamic-lr", type=float, metavar="LR", help="step size (default: sgd 0.5, rms 1e-3)")
     g.add_argument("--dynamic-decay", type=float, metavar="D",
                    help="pull back towards the trained weights per step (default 0.002)")
-    g.add_argument("--dynamic-method", choices=["rms", "sgd"], help="update rule (default rms)")
-    g.add_argument("--dynamic-bptt", type=int, metavar="N", help="tokens per segment, one update each (default 5)")
+    g.add_argument("--dynamic-method", choices=["rms", "sgd"], help="update rule (default sgd)")
+    g.add_argument("--dynamic-bptt", type=int, metavar="N", help="tokens per segment, one update each (default 10)")
     return e
 
 

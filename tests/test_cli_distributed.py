@@ -65,7 +65,8 @@ def test_two_processes_write_one_run_folder_and_rank_0_alone_prints(two_process_
     assert r.stderr.strip() == ""
     assert sorted(p.name for p in tmp.iterdir()) == ["full", "home"]  # home: the corpus (RNNKIT_HOME)
     run = tmp / "full"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "loss.png", "lr_schedule.png",
+    assert sorted(p.name for p in run.iterdir()) == ["best.safetensors", "checkpoints", "config.json", "loss.png",
+                                                     "lr_schedule.png",
                                                      "metrics.csv", "model.safetensors", "rnnkit-run.json",
                                                      "vocab.json"]
     assert [row["epoch"] for row in _metrics(run / "metrics.csv")] == ["0", "1"]

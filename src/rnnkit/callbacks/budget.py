@@ -8,9 +8,10 @@ epochs plans `n_epoch` epochs. Validation is not counted in the budget; its time
 
 The plan: the first `warmup` steps (allocations, caches, the first autocast casts) are not timed; the
 next `measure` steps give the first estimate of the step time, and the plan is made again every
-`replan_every` steps from the mean step time so far, so a machine that slows down or speeds up moves the
-end with it. Until the first plan the schedule follows the clock (`pct_train` = time used / budget, or the
-share of the `n_epoch` epochs done when that is larger).
+`replan_every` steps from the pace of the steps since the last plan, so a machine that slows down or speeds
+up moves the end with it. Until the first plan the schedule follows the clock (`pct_train` = time used / budget, or the
+share of the `n_epoch` epochs done when that is larger); after it, the clock stays a floor under the plan's
+position, so on a machine that slows down after the last plan the schedule still ends with the budget.
 Training stops when the plan's last step is done or the budget is spent, whichever comes first; the
 epoch it stops in is validated and logged like any other, and the fit ends.
 
@@ -75,6 +76,7 @@ class TimeBudget(Callback):
         self._t0: float | None = None  # start of the current training phase
         self._phase_s = 0.0  # train_s at the start of the current phase
         self._last_clock = 0.0  # train time when the last timed step ended
+        self._synced_used = 0.0  # the slowest process's train time at the last plan
 
     # ---- clock ----
     def _used(self) -> float:
@@ -115,10 +117,13 @@ class TimeBudget(Callback):
             return
         if self.stopped_by:  # the step that ended the plan ran all its after_batch callbacks; this one is not run
             raise CancelTrainException()
+        # A floor: a machine slower than planned still ends the schedule. With several processes, the clock
+        # read at the last plan (the same on all), so that every process steps at the same lr.
+        clock = self._synced_used / self.seconds if is_distributed() else self._used() / self.seconds
         if self.planned is None:  # until the first plan: the clock, or the epochs when they end first
-            pct = max(self._used() / self.seconds, self.steps / self._max_steps)
+            pct = max(clock, self.steps / self._max_steps)
         else:
-            pct = self.steps / self.planned
+            pct = max(self.steps / self.planned, clock)
         self._pct = max(self._pct, min(pct, 1.0))  # never backwards, even when a new plan is longer
         self.learn.pct_train = self._pct
 
@@ -142,15 +147,17 @@ class TimeBudget(Callback):
     def _plan(self) -> None:
         _sync(self.learn)
         used = self._used()
-        self.timed_s += used - self._last_clock
+        window_s, window_steps = used - self._last_clock, self.steps - self.warmup - self.timed_steps
+        self.timed_s += window_s
         self.timed_steps = self.steps - self.warmup
         self._last_clock = used
         if is_distributed():  # the slowest process sets the pace of all
-            t = all_reduce_max(torch.tensor([used, self.timed_s], dtype=torch.float64))
-            used, timed_s = float(t[0]), float(t[1])
-        else:
-            timed_s = self.timed_s
-        step_s = timed_s / max(self.timed_steps, 1)
+            t = all_reduce_max(torch.tensor([used, window_s], dtype=torch.float64))
+            used, window_s = float(t[0]), float(t[1])
+        self._synced_used = used
+        # The pace of the steps since the last plan: a machine that slows down or speeds up moves the end now,
+        # where the mean since the start would follow it only slowly.
+        step_s = window_s / max(window_steps, 1)
         left = max(self.seconds - used, 0.0)
         self.planned = min(self.steps + int(left / step_s) if step_s > 0 else self._max_steps, self._max_steps)
         self.planned = max(self.planned, self.steps)

@@ -59,7 +59,8 @@ class TextDataLoaders(DataLoaders):
         dls = cls.from_streams(corpus["train"], corpus["valid"], corpus.vocab, bs=bs, seq_len=seq_len,
                                tokenizer=corpus.tokenizer, path=path or ".", **kwargs)
         if "test" in corpus.splits:  # a third loader, read like valid: `learn.evaluate('test')`, `dls[2]`
-            dls.loaders.append(dls.valid.new(corpus["test"]))
+            test: Any = corpus["test"]  # a TokenStream: LMDataLoader.new takes one as its items
+            dls.loaders.append(dls.valid.new(test))
         return dls
 
     @classmethod

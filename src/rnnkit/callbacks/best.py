@@ -8,7 +8,6 @@ Its metadata records what it is the best of (`read_best`): monitor, value, epoch
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,8 +18,8 @@ from rnnkit.callbacks.ntasgd import NTASGD
 from rnnkit.checkpoint import model_state_for_save
 from rnnkit.distributed import is_rank0
 from rnnkit.files import atomic_write
+from rnnkit.callbacks.monitor import RecordedValue
 from rnnkit.training.callback import Callback
-from rnnkit.training.recorder import Recorder
 
 __all__ = ["SaveBestWeights", "read_best"]
 
@@ -48,7 +47,7 @@ class SaveBestWeights(Callback):
         self.best: float | None = None if best is None else float(best)
         self.best_epoch: int | None = None  # the epoch (learn.epoch) whose weights the file holds
         self.n_saved = 0  # files written by this callback
-        self._idx = self._n_rows = 0
+        self._watch = RecordedValue(monitor)
 
     @property
     def path(self) -> Path:
@@ -57,24 +56,15 @@ class SaveBestWeights(Callback):
 
     def before_fit(self) -> None:
         # Not reset here: the best survives a second fit and a resume (the Checkpointer loads it later).
-        rec = self.learn.get_cb(Recorder)
-        names = rec.metric_names[1:] if rec is not None else []
-        if self.monitor not in names:
-            raise ValueError(f"SaveBestWeights monitors {self.monitor!r}, which is not recorded; choose one "
-                             f"of {[m for m in names if m != 'time']}")
-        self._idx, self._n_rows = names.index(self.monitor), len(rec.values)
+        self._watch.start(self.learn, "SaveBestWeights")
 
     def after_epoch(self) -> None:
-        values = self.learn.get_cb(Recorder).values
-        if len(values) == self._n_rows:  # a skipped epoch (start_epoch, resume) adds no row
+        val = self._watch.new(self.learn)
+        if val is None:
             return
-        self._n_rows = len(values)
-        val = values[-1][self._idx]
-        if val is None or not math.isfinite(float(val)):
+        if self.best is not None and not bool(self.comp(val, self.best)):
             return
-        if self.best is not None and not bool(self.comp(float(val), self.best)):
-            return
-        self.best, self.best_epoch = float(val), int(self.learn.epoch)
+        self.best, self.best_epoch = val, int(self.learn.epoch)
         if is_rank0():  # every process holds the same weights; one writes them
             self.save()
 

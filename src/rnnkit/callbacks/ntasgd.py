@@ -19,13 +19,13 @@ model) next to the model and load both: the next `fit` continues where the run s
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit.callbacks.monitor import RecordedValue
 from rnnkit.training.callback import Callback
 from rnnkit.training.events import CancelFitException
 from rnnkit.training.recorder import Recorder
@@ -53,7 +53,7 @@ class NTASGD(Callback):
         self._other: list[Tensor] | None = None  # the average, or the raw weights while swapped
         self._swapped = False  # whether the model holds the average
         self._skip_step = False
-        self._idx = self._n_rows = 0  # column of `monitor`, rows of the Recorder already checked
+        self._watch = RecordedValue(monitor)
 
     @property
     def averaging(self) -> bool:
@@ -74,13 +74,7 @@ class NTASGD(Callback):
         return [p for p in self.learn.model.parameters()]
 
     def before_fit(self) -> None:
-        rec = self.learn.get_cb(Recorder)
-        names = rec.metric_names[1:] if rec is not None else []
-        if self.monitor not in names:
-            raise ValueError(f"NTASGD monitors {self.monitor!r}, which is not recorded; choose one "
-                             f"of {[m for m in names if m != 'time']}")
-        self._idx = names.index(self.monitor)
-        self._n_rows = len(rec.values)  # a check per new row: skipped epochs add none
+        self._watch.start(self.learn, "NTASGD")  # a check per new row: skipped epochs add none
         self._place()
         if self.start and not self.averaging:
             self.trigger()
@@ -124,14 +118,10 @@ class NTASGD(Callback):
             self._swap()
 
     def after_epoch(self) -> None:
-        values = self.learn.get_cb(Recorder).values
-        if len(values) == self._n_rows:
+        val = self._watch.new(self.learn)
+        if val is None:
             return
-        self._n_rows = len(values)
-        val = values[-1][self._idx]
-        if val is None or (isinstance(val, float) and math.isnan(val)):
-            return
-        if self.check(float(val)):
+        if self.check(val):
             self.trigger()
             log.info("NT-ASGD: %s %.4f did not improve on the best before the last %d checks; "
                      "averaging the weights from epoch %d.", self.monitor, val, self.n,
@@ -182,26 +172,17 @@ class NonMonotoneStop(Callback):
         self.monitor, self.n, self.comp = monitor, _check_n("NonMonotoneStop", n), _comp(monitor, comp)
         self.history: list[float] = []
         self.stopped_epoch: int | None = None  # the epoch after which the test stopped the fit
-        self._idx = self._n_rows = 0
+        self._watch = RecordedValue(monitor)
 
     def before_fit(self) -> None:
-        rec = self.learn.get_cb(Recorder)
-        names = rec.metric_names[1:] if rec is not None else []
-        if self.monitor not in names:
-            raise ValueError(f"NonMonotoneStop monitors {self.monitor!r}, which is not recorded; choose one "
-                             f"of {[m for m in names if m != 'time']}")
-        self._idx, self._n_rows = names.index(self.monitor), len(rec.values)
+        self._watch.start(self.learn, "NonMonotoneStop")
 
     def after_epoch(self) -> None:
-        values = self.learn.get_cb(Recorder).values
-        if len(values) == self._n_rows:  # a skipped epoch adds no row
+        val = self._watch.new(self.learn)
+        if val is None:
             return
-        self._n_rows = len(values)
-        val = values[-1][self._idx]
-        if val is None or (isinstance(val, float) and math.isnan(val)):
-            return
-        stop = _worse_than_before(self.history, float(val), self.n, self.comp)
-        self.history.append(float(val))
+        stop = _worse_than_before(self.history, val, self.n, self.comp)
+        self.history.append(val)
         if stop:
             self.stopped_epoch = int(self.learn.epoch)
             log.info("%s %.4f is worse than the best before the last %d checks: stopping after epoch %d.",

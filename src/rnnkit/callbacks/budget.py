@@ -69,7 +69,7 @@ class TimeBudget(Callback):
     def _reset(self) -> None:
         self.train_s = self.valid_s = 0.0  # time used by training and by validation
         self.steps = self.tokens = 0
-        self.timed_steps, self.timed_s = 0, 0.0  # steps after the warm-up and their time
+        self.timed_steps = 0  # steps after the warm-up, up to the last plan
         self.planned: int | None = None  # the number of steps the schedule is fitted to
         self.stopped_by = ""
         self._pct = 0.0
@@ -148,7 +148,6 @@ class TimeBudget(Callback):
         _sync(self.learn)
         used = self._used()
         window_s, window_steps = used - self._last_clock, self.steps - self.warmup - self.timed_steps
-        self.timed_s += window_s
         self.timed_steps = self.steps - self.warmup
         self._last_clock = used
         if is_distributed():  # the slowest process sets the pace of all
@@ -190,14 +189,14 @@ class TimeBudget(Callback):
     def state_dict(self) -> dict[str, Any]:
         """The budget used so far and the plan (what a resumed run continues from)."""
         return {"train_s": self._used(), "valid_s": self.valid_s, "steps": self.steps, "tokens": self.tokens,
-                "timed_steps": self.timed_steps, "timed_s": self.timed_s, "planned": self.planned,
+                "timed_steps": self.timed_steps, "planned": self.planned,
                 "pct": self._pct, "seconds": self.seconds}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Continue from `state_dict()`: the budget left is the one the saved run had left."""
         self.train_s = self._phase_s = self._last_clock = float(sd["train_s"])
         self.valid_s, self.steps, self.tokens = float(sd["valid_s"]), int(sd["steps"]), int(sd["tokens"])
-        self.timed_steps, self.timed_s = int(sd["timed_steps"]), float(sd["timed_s"])
+        self.timed_steps = int(sd["timed_steps"])
         self.planned = None if sd["planned"] is None else int(sd["planned"])
         self._pct = float(sd["pct"])
         if self._t0 is not None:

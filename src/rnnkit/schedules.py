@@ -284,14 +284,7 @@ def knee(lrs: Any, losses: Any, num_it: int | None = None, frac: float = 0.8) ->
     start, low = float(losses[0]), float(losses[i_min])
     if not start > low:
         return minimum(lrs, losses, num_it)
-    target = start - frac * (start - low)
-    j = int(np.argmax(losses[: i_min + 1] <= target))  # the first point that far down (i_min at the latest)
-    if j == 0:
-        return float(lrs[0]), (float(lrs[0]), float(losses[0]))
-    x0, x1, y0, y1 = np.log(lrs[j - 1]), np.log(lrs[j]), float(losses[j - 1]), float(losses[j])
-    x = x1 if y0 == y1 else x0 + (target - y0) * (x1 - x0) / (y1 - y0)
-    lr = float(np.exp(x))
-    return lr, (lr, float(target))
+    return _first_lr_down_to(lrs, losses, i_min, start - frac * (start - low))
 
 
 def fall(lrs: Any, losses: Any, num_it: int | None = None, rel: float = 0.08) -> tuple[float, tuple[float, float]]:
@@ -310,12 +303,19 @@ def fall(lrs: Any, losses: Any, num_it: int | None = None, rel: float = 0.08) ->
     target = start - rel * abs(start)
     if not float(losses[i_min]) <= target:
         return knee(lrs, losses, num_it)
+    return _first_lr_down_to(lrs, losses, i_min, target)
+
+
+def _first_lr_down_to(lrs: np.ndarray, losses: np.ndarray, i_min: int, target: float
+                      ) -> tuple[float, tuple[float, float]]:
+    """The lr where the curve first comes down to `target` (at `i_min`, the lowest point, at the latest),
+    interpolated in log-lr between the points either side; the first point when it starts there."""
     j = int(np.argmax(losses[: i_min + 1] <= target))
     if j == 0:
-        return float(lrs[0]), (float(lrs[0]), start)
+        return float(lrs[0]), (float(lrs[0]), float(losses[0]))
     x0, x1, y0, y1 = np.log(lrs[j - 1]), np.log(lrs[j]), float(losses[j - 1]), float(losses[j])
-    lr = float(np.exp(x0 + (target - y0) * (x1 - x0) / (y1 - y0)))
-    return lr, (lr, target)
+    lr = float(np.exp(x0 + (target - y0) * (x1 - x0) / (y1 - y0)))  # y0 > target >= y1: no division by 0
+    return lr, (lr, float(target))
 
 
 def steep(lrs: Any, losses: Any, num_it: int | None = None) -> tuple[float, tuple[float, float]]:
